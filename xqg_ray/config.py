@@ -108,6 +108,84 @@ class GeneratorConfig(_Strict):
         return Path(self.model.rstrip("/")).name or "hf-generator"
 
 
+class GeneratorSplitConfig(_Strict):
+    """How the `question_split` stand-in divides human questions: generation vs evaluation."""
+
+    fraction: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Share of question groups used "
+        "as stand-in generated queries; the rest are evaluated.",
+    )
+    seed: int = 0
+
+
+class StageResources(_Strict):
+    """Ray resources of one stage's actor pool."""
+
+    actors: int = Field(default=1, ge=1, description="Actor pool size.")
+    num_cpus: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs per actor (0 = CPU).")
+    threads: int | None = Field(
+        default=None, ge=1, description="Torch/OMP threads per actor; default: num_cpus."
+    )
+
+
+class StagesConfig(_Strict):
+    generate: StageResources = Field(default_factory=StageResources)
+    encode: StageResources = Field(default_factory=StageResources)
+
+
+class RayConfig(_Strict):
+    enabled: bool = Field(
+        default=True, description="false: run the same batch functions in this process, no Ray."
+    )
+    address: str | None = Field(
+        default=None, description="Cluster to join ('auto', ray://...); default: start local Ray."
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray.")
+    progress_bars: bool = True
+
+
+class CollectionConfig(_Strict):
+    """Which passages and queries the pipeline processes, and how they are split into parts."""
+
+    passage_languages: list[str] | None = Field(
+        default=None, description="Index only passages in these languages; default: all."
+    )
+    query_languages: list[str] | None = Field(
+        default=None, description="Evaluate only queries in these languages; default: all."
+    )
+    passages_per_part: int = Field(default=256, ge=1, description="Passages per resumable part.")
+    queries_per_part: int = Field(default=2048, ge=1, description="Queries per resumable part.")
+
+
+class AugmentConfig(_Strict):
+    """The strategies to build and their parameters (DESIGN section 2)."""
+
+    strategies: list[Literal["dense", "xqg", "expand", "multivector"]] = Field(
+        default_factory=lambda: list(STRATEGIES)
+    )
+    alpha: float = Field(default=0.01, ge=0, le=1, description="xqg: weight of the query sum.")
+    reduce: Literal["sum", "mean"] = Field(default="sum", description="xqg: sum (paper) or mean.")
+    languages: list[str] | None = Field(
+        default=None, description="Generated languages to use; default: all generated."
+    )
+    queries_per_language: int | None = Field(
+        default=None, ge=1, description="Use at most this many generated queries per language."
+    )
+    expand_max_length: int = Field(default=512, ge=1, description="expand: passage max length.")
+
+
+class IndexConfig(_Strict):
+    factory: str = Field(default="Flat", description="Any faiss.index_factory string.")
+    shards: int = Field(default=1, ge=1)
+    train_sample: int | None = Field(
+        default=None, ge=1, description="Vectors used to train IVF/PQ; default: all."
+    )
+
+
 class SearchConfig(_Strict):
     depth: int = Field(default=100, ge=1, description="How many passages to retrieve per query.")
 
@@ -130,6 +208,12 @@ class RunConfig(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    split: GeneratorSplitConfig = Field(default_factory=GeneratorSplitConfig)
+    collection: CollectionConfig = Field(default_factory=CollectionConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
