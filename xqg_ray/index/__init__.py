@@ -1,1 +1,35 @@
-"""index."""
+"""FAISS shard build / load / search / merge (see `shards` for the on-disk layout)."""
+
+from xqg_ray.index.search import (
+    EntryMap,
+    PassageSearch,
+    PidMap,
+    ShardedSearcher,
+    collapse_to_passages,
+    merge_topk,
+    search_index,
+)
+from xqg_ray.index.shards import (
+    build_shards,
+    find_index,
+    load_entry_map,
+    load_manifest,
+    load_pid_map,
+    load_shard,
+)
+
+__all__ = [
+    "EntryMap",
+    "PassageSearch",
+    "PidMap",
+    "ShardedSearcher",
+    "build_shards",
+    "collapse_to_passages",
+    "find_index",
+    "load_entry_map",
+    "load_manifest",
+    "load_pid_map",
+    "load_shard",
+    "merge_topk",
+    "search_index",
+]

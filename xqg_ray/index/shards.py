@@ -1,0 +1,330 @@
+"""FAISS shards under one index URL: build, manifest, checksum-verified load.
+
+Layout (any fsspec URL, local or s3://)::
+
+    <index>/shard-00000.faiss ...   one FAISS index per shard, global int64 ids kept
+    <index>/entry_map.npy            multivector only: (n, 2) int64 [entry id, passage id]
+    <index>/pids.parquet             optional: passage id (int64) -> pid (string of the corpus)
+    <index>/manifest.json            written last: an index without it is incomplete
+
+Shards are contiguous row ranges (`np.array_split` order), so shard i holds rows
+[start_i, end_i) of the vectors given to `build_shards`; a user can predict which shard holds an id.
+Trainable factories (IVF, PQ, ...) are trained once on a sample of all vectors and every shard is
+a copy of that trained index, so all shards share one coarse quantizer.
+
+Side files are read with `np.load(allow_pickle=False)` and Parquet: nothing read from storage is
+unpickled, and every file is checked against the manifest's sha256 before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from xqg_ray import storage
+from xqg_ray.errors import InputError, StorageError
+
+FORMAT = "xqg-ray-faiss-shards/1"
+MANIFEST_FILE = "manifest.json"
+ENTRY_MAP_FILE = "entry_map.npy"
+PID_MAP_FILE = "pids.parquet"
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+MMAP_FLAGS = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC  # IVF lists and flat codes
+
+
+def shard_file(shard: int) -> str:
+    return f"shard-{shard:05d}.faiss"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _as_vectors(vectors: np.ndarray) -> np.ndarray:
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"vectors must be a non-empty 2-D array (n, dim), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"vectors must be floating point, got {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        row = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
+        raise InputError(f"vectors: row {row} contains NaN or infinity")
+    return array
+
+
+def _as_ids(ids: np.ndarray, n: int, name: str) -> np.ndarray:
+    array = np.asarray(ids)
+    if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{name} must be {n} integers, got shape {array.shape} {array.dtype}")
+    array = array.astype(np.int64)
+    if (array < 0).any():
+        raise InputError(f"{name}: ids must be >= 0 (FAISS uses -1 for 'no result')")
+    return array
+
+
+def _empty_index(dim: int, factory: str, metric: str) -> faiss.Index:
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not one of {sorted(METRICS)}")
+    try:
+        return faiss.index_factory(dim, factory, METRICS[metric])
+    except RuntimeError as exc:
+        raise InputError(f"FAISS factory {factory!r} is invalid: {exc}") from exc
+
+
+def _train(index: faiss.Index, vectors: np.ndarray, train_sample: int | None, seed: int) -> None:
+    if index.is_trained:
+        return
+    sample = vectors
+    if train_sample is not None and train_sample < len(vectors):
+        rows = np.random.default_rng(seed).choice(len(vectors), size=train_sample, replace=False)
+        sample = vectors[np.sort(rows)]
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise InputError(f"cannot train the index on {len(sample)} vectors: {exc}") from exc
+
+
+def _with_ids(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """A copy of the trained index holding `vectors` under their global `ids`.
+
+    IVF-style indexes store ids themselves; the others (Flat, HNSW, PQ) are wrapped in an
+    IndexIDMap, which is what FAISS raises a RuntimeError to ask for.
+    """
+    index = faiss.clone_index(trained)
+    try:
+        index.add_with_ids(vectors, ids)
+        return index
+    except RuntimeError:
+        wrapped = faiss.IndexIDMap(faiss.clone_index(trained))
+        wrapped.add_with_ids(vectors, ids)
+        return wrapped
+
+
+def _entry_map(ids: np.ndarray, entry_to_passage: np.ndarray) -> np.ndarray:
+    """(n, 2) int64 [entry id, passage id] sorted by entry id, for `np.searchsorted` lookups."""
+    order = np.argsort(ids, kind="stable")
+    pairs = np.stack([ids[order], entry_to_passage[order]], axis=1)
+    if len(pairs) > 1 and (np.diff(pairs[:, 0]) == 0).any():
+        raise InputError("ids must be unique when entry_to_passage is given")
+    return np.ascontiguousarray(pairs)
+
+
+def _pid_table(passage_ids: np.ndarray, pids: Sequence[str]) -> pa.Table:
+    """passage id -> pid, one row per passage; a passage id with two pids is an input error."""
+    table = pa.table({"id": pa.array(passage_ids, pa.int64()), "pid": pa.array(pids, pa.string())})
+    unique = table.group_by("id").aggregate([("pid", "count_distinct"), ("pid", "min")])
+    conflicting = unique.filter(pc.greater(unique["pid_count_distinct"], 1))
+    if conflicting.num_rows:
+        raise InputError(f"pids: passage id {conflicting['id'][0].as_py()} has several pids")
+    table = pa.table({"id": unique["id"], "pid": unique["pid_min"]})
+    return table.sort_by("id")
+
+
+def _write(url: str, data: bytes) -> dict[str, Any]:
+    storage.write_bytes_atomic(url, data)
+    return {"sha256": _sha256(data), "bytes": len(data)}
+
+
+def build_shards(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    out_url: str,
+    n_shards: int = 1,
+    factory: str = "Flat",
+    metric: str = "ip",
+    train_sample: int | None = None,
+    meta: dict | None = None,
+    entry_to_passage: np.ndarray | None = None,
+    pids: Sequence[str] | None = None,
+    search_params: str = "",
+    seed: int = 0,
+) -> dict:
+    """Write `vectors` as `n_shards` FAISS shards under `out_url` and return the manifest.
+
+    `ids` are the global int64 ids the search returns. For a multivector index, `ids` are entry
+    ids and `entry_to_passage[i]` is the passage of entry `ids[i]`; searches then return passage
+    ids. `pids[i]` (optional) is the corpus pid (string) of row i's passage, so answers can name
+    passages as the corpus does. `search_params` is a `faiss.ParameterSpace` string applied at
+    load time (for example `nprobe=16` for IVF, `efSearch=128` for HNSW).
+    """
+    vectors = _as_vectors(vectors)
+    n, dim = vectors.shape
+    ids = _as_ids(ids, n, "ids")
+    if len(np.unique(ids)) != n:
+        raise InputError("ids must be unique")
+    if not 1 <= n_shards <= n:
+        raise InputError(
+            f"n_shards must be between 1 and the number of vectors ({n}), got {n_shards}"
+        )
+    if train_sample is not None and train_sample < 1:
+        raise InputError(f"train_sample must be >= 1, got {train_sample}")
+    passage_ids = ids
+    if entry_to_passage is not None:
+        passage_ids = _as_ids(entry_to_passage, n, "entry_to_passage")
+    if pids is not None and len(pids) != n:
+        raise InputError(f"pids must have one entry per vector ({n}), got {len(pids)}")
+
+    trained = _empty_index(dim, factory, metric)
+    _train(trained, vectors, train_sample, seed)
+    if search_params:
+        _apply_search_params(faiss.clone_index(trained), search_params)  # fail before writing
+
+    shards = []
+    for number, rows in enumerate(np.array_split(np.arange(n), n_shards)):
+        index = _with_ids(trained, vectors[rows], ids[rows])
+        data = faiss.serialize_index(index).tobytes()
+        file = shard_file(number)
+        shards.append(
+            {"file": file, "count": len(rows), **_write(storage.join(out_url, file), data)}
+        )
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "dimension": dim,
+        "metric": metric,
+        "factory": factory,
+        "search_params": search_params,
+        "n_total": n,
+        "sharding": "contiguous",
+        "shards": shards,
+        "entry_map": None,
+        "pid_map": None,
+        "meta": meta or {},
+    }
+    if entry_to_passage is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, _entry_map(ids, passage_ids), allow_pickle=False)
+        manifest["entry_map"] = {
+            "file": ENTRY_MAP_FILE,
+            "max_entries_per_passage": int(np.unique(passage_ids, return_counts=True)[1].max()),
+            "n_passages": len(np.unique(passage_ids)),
+            **_write(storage.join(out_url, ENTRY_MAP_FILE), buffer.getvalue()),
+        }
+    if pids is not None:
+        data = storage.table_to_parquet_bytes(_pid_table(passage_ids, pids))
+        manifest["pid_map"] = {
+            "file": PID_MAP_FILE,
+            **_write(storage.join(out_url, PID_MAP_FILE), data),
+        }
+    storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), manifest)
+    return manifest
+
+
+def load_manifest(index_url: str) -> dict:
+    """The manifest of a complete index; a missing or foreign manifest is a StorageError."""
+    url = storage.join(index_url, MANIFEST_FILE)
+    if not storage.exists(url):
+        raise StorageError(
+            f"{url}: no index manifest (the index is missing or its build did not finish)"
+        )
+    manifest = storage.read_json(url)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StorageError(f"{url}: not an xqg-ray FAISS shard manifest (format {FORMAT})")
+    return manifest
+
+
+def _verified_local_file(index_url: str, entry: dict, local_dir: str | None) -> str:
+    """A local copy of a file named in the manifest, whose sha256 matches the manifest."""
+    url = storage.join(index_url, entry["file"])
+    path = storage.local_copy(url, local_dir)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
+        raise StorageError(
+            f"{url}: checksum mismatch (sha256 {digest.hexdigest()[:12]}..., manifest says "
+            f"{entry['sha256'][:12]}...): the file is corrupt or was replaced; rebuild the index"
+        )
+    return path
+
+
+def _apply_search_params(index: faiss.Index, search_params: str) -> None:
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, search_params)
+    except RuntimeError as exc:
+        raise InputError(
+            f"search_params {search_params!r} do not apply to this index: {exc}"
+        ) from exc
+
+
+def load_shard(
+    index_url: str, shard: int, local_dir: str | None = None, mmap: bool = True
+) -> faiss.Index:
+    """Load one shard: copy to local disk (remote URLs), verify sha256, then read (mmap if able)."""
+    manifest = load_manifest(index_url)
+    shards = manifest["shards"]
+    if not 0 <= shard < len(shards):
+        raise InputError(f"{index_url}: shard {shard} does not exist (index has {len(shards)})")
+    path = _verified_local_file(index_url, shards[shard], local_dir)
+    index = None
+    if mmap:
+        try:
+            index = faiss.read_index(path, MMAP_FLAGS)
+        except RuntimeError:
+            index = None  # this index type cannot be memory-mapped: read it normally
+    if index is None:
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as exc:
+            raise StorageError(f"{path}: FAISS cannot read this shard: {exc}") from exc
+    if index.d != manifest["dimension"] or index.ntotal != shards[shard]["count"]:
+        raise StorageError(
+            f"{path}: shard holds {index.ntotal} vectors of dimension {index.d}, manifest says "
+            f"{shards[shard]['count']} of dimension {manifest['dimension']}"
+        )
+    if manifest.get("search_params"):
+        _apply_search_params(index, manifest["search_params"])
+    return index
+
+
+def load_entry_map(
+    index_url: str, manifest: dict, local_dir: str | None = None
+) -> np.ndarray | None:
+    """The multivector (n, 2) [entry id, passage id] table, or None for one entry per passage."""
+    entry = manifest.get("entry_map")
+    if not entry:
+        return None
+    path = _verified_local_file(index_url, entry, local_dir)
+    try:
+        pairs = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise StorageError(f"{path}: not a readable entry map: {exc}") from exc
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype != np.int64:
+        raise StorageError(
+            f"{path}: entry map must be (n, 2) int64, got {pairs.shape} {pairs.dtype}"
+        )
+    return pairs
+
+
+def load_pid_map(index_url: str, manifest: dict, local_dir: str | None = None) -> pa.Table | None:
+    """The passage id -> pid table (columns id, pid, sorted by id), or None if not recorded."""
+    entry = manifest.get("pid_map")
+    if not entry:
+        return None
+    path = _verified_local_file(index_url, entry, local_dir)
+    return pq.read_table(path)
+
+
+def find_index(url: str) -> str:
+    """`url` itself if it holds a manifest, else the single index under a run root's `index/`."""
+    if storage.exists(storage.join(url, MANIFEST_FILE)):
+        return url
+    fs, path = storage.url_to_fs(storage.join(url, "index"))
+    found = sorted(fs.glob(path.rstrip("/") + f"/*/*/{MANIFEST_FILE}")) if fs.exists(path) else []
+    if len(found) == 1:
+        relative = found[0][len(path.rstrip("/")) + 1 :].rsplit("/", 1)[0]
+        return storage.join(url, "index", relative)
+    if not found:
+        raise StorageError(f"{url}: neither an index (no {MANIFEST_FILE}) nor a run root with one")
+    choices = ", ".join(f[len(path.rstrip("/")) + 1 :].rsplit("/", 1)[0] for f in found)
+    raise InputError(f"{url}: several indexes under index/ ({choices}); pass one of them")
