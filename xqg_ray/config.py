@@ -191,6 +191,7 @@ class SearchConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    experiment: str = Field(default="main", description="Name of results/<experiment>/.")
     settings: list[str] = Field(
         default_factory=lambda: ["x-en"],
         description="Cross-lingual settings: x-en (any X->en), x-x (same language), pool "

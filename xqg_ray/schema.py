@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 PASSAGES = pa.schema(
@@ -47,4 +48,20 @@ def embeddings_schema(dim: int) -> pa.Schema:
             ("pid", pa.string()),
             ("vector", pa.list_(pa.float32(), dim)),
         ]
+    )
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """An (n, dim) float32 matrix as a fixed-size-list column, without copying row by row."""
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def arrow_to_vectors(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column back to an (n, dim) float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dim = column.type.list_size
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+        -1, dim
     )

@@ -1,0 +1,63 @@
+"""Plain-text and Markdown tables of evaluation results, as the CLI prints and reports embed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DISPLAY = {"RR@10": "MRR@10"}
+
+
+def display_name(measure: str) -> str:
+    return DISPLAY.get(measure, measure)
+
+
+def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+def strategy_language_table(
+    results: dict[str, Any], measures: list[str], markdown: bool = False
+) -> str:
+    """Rows (language, strategy), columns measures; then the macro average of every strategy."""
+    strategies = list(results)
+    langs = sorted({lang for r in results.values() for lang in r["per_lang"]})
+    header = ["lang", "strategy", *[display_name(m) for m in measures], "queries"]
+    rows = []
+    for lang in [*langs, "macro"]:
+        for strategy in strategies:
+            summary = results[strategy]
+            values = summary["macro"] if lang == "macro" else summary["per_lang"].get(lang)
+            if values is None:
+                continue
+            count = (
+                sum(summary["queries"].values()) if lang == "macro" else summary["queries"][lang]
+            )
+            rows.append([lang, strategy, *[f"{values[m]:.3f}" for m in measures], str(count)])
+    return _render(header, rows, markdown)
+
+
+def significance_table(results: dict[str, Any], measures: list[str], markdown: bool = False) -> str:
+    """Each strategy's macro score, its difference from dense, and the paired t-test p-value."""
+    header = ["strategy", *[f"{display_name(m)} (Δ dense, p)" for m in measures]]
+    rows = []
+    base = results.get("dense")
+    for strategy, summary in results.items():
+        cells = [strategy]
+        for measure in measures:
+            value = summary["macro"][measure]
+            test = summary.get("ttest_vs_dense", {}).get("all", {}).get(measure)
+            if base is None or test is None:
+                cells.append(f"{value:.3f}")
+            else:
+                delta = value - base["macro"][measure]
+                cells.append(f"{value:.3f} ({delta:+.3f}, p={test['p']:.2g})")
+        rows.append(cells)
+    return _render(header, rows, markdown)

@@ -1,0 +1,101 @@
+"""Encode stage: passages, evaluation queries, generated queries and expanded passages.
+
+Each kind reads part N of its source and writes part N of its embeddings table, with its own max
+length (queries 32, passages 128, `expand` longer: DESIGN section 2).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from xqg_ray.config import RunConfig
+from xqg_ray.paths import RunPaths
+from xqg_ray.schema import vectors_to_arrow
+from xqg_ray.stages.augment import expand_text, select_generated
+from xqg_ray.storage import PartitionedTable
+
+ENCODE_KINDS = ("passages", "queries", "generated", "expand")
+
+
+def passage_input(title: str, text: str) -> str:
+    """The retriever's passage input, `title + " " + text` as in the published code."""
+    return f"{title} {text}" if title else text
+
+
+def expanded_inputs(passages: pa.Table, generated: pa.Table) -> list[str]:
+    """Each passage's input with its generated queries appended, in generated (lang, k) order."""
+    by_pid: dict[str, list[str]] = {}
+    ordered = generated.sort_by([("lang", "ascending"), ("k", "ascending")])
+    for pid, text in zip(ordered["pid"].to_pylist(), ordered["text"].to_pylist(), strict=True):
+        by_pid.setdefault(pid, []).append(text)
+    return [
+        expand_text(passage_input(title, text), by_pid.get(pid, []))
+        for pid, title, text in zip(
+            passages["pid"].to_pylist(),
+            passages["title"].to_pylist(),
+            passages["text"].to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def with_vectors(keys: pa.Table, vectors) -> pa.Table:
+    return keys.append_column("vector", vectors_to_arrow(vectors))
+
+
+class EncodeTask:
+    """Encodes one part of one kind; built once per actor, so the model loads once."""
+
+    def __init__(self, cfg: RunConfig, kind: str):
+        from xqg_ray.models.encoder import load_encoder
+
+        if kind not in ENCODE_KINDS:
+            raise ValueError(f"unknown encode kind {kind!r}: expected one of {ENCODE_KINDS}")
+        self.kind = kind
+        self.cfg = cfg
+        paths = RunPaths(cfg.root)
+        self.encoder = load_encoder(cfg.encoder)
+        generated = paths.generated(cfg.generator.name)
+        sources = {
+            "passages": paths.collection,
+            "queries": paths.queryset,
+            "generated": generated,
+            "expand": paths.collection,
+        }
+        self.source = PartitionedTable(sources[kind])
+        self.generated = PartitionedTable(generated)
+        target = "generated-" + cfg.generator.name if kind == "generated" else kind
+        self.target = PartitionedTable(paths.embeddings(cfg.encoder.name, target))
+
+    def encode(self, part: str, rows: pa.Table) -> pa.Table:
+        if self.kind == "queries":
+            vectors = self.encoder.encode_queries(rows["text"].to_pylist())
+            return with_vectors(rows.select(["id", "qid", "lang"]), vectors)
+        if self.kind == "generated":
+            vectors = self.encoder.encode_queries(rows["text"].to_pylist())
+            return with_vectors(rows.select(["pid", "lang", "k"]), vectors)
+        if self.kind == "passages":
+            texts = [
+                passage_input(t, x)
+                for t, x in zip(rows["title"].to_pylist(), rows["text"].to_pylist(), strict=True)
+            ]
+            vectors = self.encoder.encode_passages(texts)
+            return with_vectors(rows.select(["id", "pid"]), vectors)
+        augment = self.cfg.augment
+        generated = select_generated(
+            self.generated.read_part(part),
+            augment.languages,
+            augment.queries_per_language,
+        )
+        generated = generated.filter(pc.is_in(generated["pid"], rows["pid"]))
+        vectors = self.encoder.encode_passages(
+            expanded_inputs(rows, generated), max_length=augment.expand_max_length
+        )
+        return with_vectors(rows.select(["id", "pid"]), vectors)
+
+    def __call__(self, part: str) -> dict:
+        rows = self.source.read_part(part)
+        table = self.encode(part, rows)
+        self.target.write_part(part, table)
+        return {"part": part, "rows_in": rows.num_rows, "rows_out": table.num_rows}

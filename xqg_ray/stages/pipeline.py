@@ -1,0 +1,232 @@
+"""The whole pipeline in order (DESIGN section 3); every step skips what is already complete.
+
+ingest -> plan -> generate -> encode -> augment -> index -> search -> evaluate
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from typing import Any
+
+import pyarrow.compute as pc
+
+from xqg_ray.config import RunConfig, StageResources
+from xqg_ray.models.question_split import in_generation_split, question_group
+from xqg_ray.paths import RunPaths
+from xqg_ray.stages import plan
+from xqg_ray.stages.augment import AugmentTask
+from xqg_ray.stages.encode import EncodeTask
+from xqg_ray.stages.evaluate import evaluate_strategies, judged_qrels, per_query_table
+from xqg_ray.stages.generate import GenerateTask
+from xqg_ray.stages.index import build_index, strategy_params
+from xqg_ray.stages.runner import run_stage
+from xqg_ray.stages.search import search_queries, write_trec_run
+from xqg_ray.storage import (
+    PartitionedTable,
+    join,
+    read_table,
+    table_to_parquet_bytes,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+STEPS = ("ingest", "plan", "generate", "encode", "augment", "index", "evaluate")
+GENERATION_STRATEGIES = ("xqg", "expand", "multivector")
+
+
+def needs_generation(cfg: RunConfig) -> bool:
+    return any(s in GENERATION_STRATEGIES for s in cfg.augment.strategies)
+
+
+def ingest(cfg: RunConfig) -> dict[str, int]:
+    """Dataset files -> corpus tables under the run root (skipped when already complete)."""
+    from xqg_ray.datasets import load_corpus
+
+    paths = RunPaths(cfg.root)
+    tables = ("passages", "queries", "qrels")
+    if all(PartitionedTable(paths.corpus(t)).is_complete() for t in tables):
+        return {t: PartitionedTable(paths.corpus(t)).manifest()["rows"] for t in tables}
+    corpus = load_corpus(cfg.dataset)
+    meta = {"dataset": cfg.dataset.model_dump()}
+    counts = {}
+    for name in tables:
+        table = getattr(corpus, name)
+        counts[name] = write_table(paths.corpus(name), table, meta=meta)["rows"]
+    return counts
+
+
+def evaluation_queries(cfg: RunConfig):
+    """The queries to evaluate: chosen languages, minus any the stand-in generator folds in."""
+    queries = read_table(RunPaths(cfg.root).corpus("queries"))
+    queries = plan.filter_languages(queries, cfg.collection.query_languages, "queries")
+    if cfg.generator.backend == "question_split":
+        held_out = [
+            not in_generation_split(question_group(row), cfg.split.fraction, cfg.split.seed)
+            for row in queries.select(
+                [c for c in ("qid", "group") if c in queries.column_names]
+            ).to_pylist()
+        ]
+        queries = queries.filter(held_out)
+    return queries
+
+
+def make_plan(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Collection and query-set parts (written once; the unit of work of every later stage)."""
+    paths = RunPaths(cfg.root)
+    passages = read_table(paths.corpus("passages"))
+    passages = plan.filter_languages(passages, cfg.collection.passage_languages, "passages")
+    passage_parts = plan.write_plan(
+        plan.with_ids(passages.select(["pid", "lang", "title", "text"])),
+        paths.collection,
+        cfg.collection.passages_per_part,
+        {"languages": cfg.collection.passage_languages},
+    )
+    queries = evaluation_queries(cfg)
+    query_meta = {
+        "languages": cfg.collection.query_languages,
+        "held_out": cfg.split.model_dump() if cfg.generator.backend == "question_split" else None,
+    }
+    query_parts = plan.write_plan(
+        plan.with_ids(queries.select(["qid", "lang", "text"])),
+        paths.queryset,
+        cfg.collection.queries_per_part,
+        query_meta,
+    )
+    return passage_parts, query_parts
+
+
+def _stage(
+    cfg: RunConfig,
+    name: str,
+    task,
+    parts: list[str],
+    target_url: str,
+    resources: StageResources,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    return run_stage(
+        name,
+        functools.partial(task[0], cfg, *task[1:]),
+        parts,
+        PartitionedTable(target_url),
+        resources,
+        cfg.ray,
+        meta,
+        RunPaths(cfg.root).stats(name),
+    )
+
+
+def build(cfg: RunConfig) -> dict[str, Any]:
+    """Everything up to the indices: ingest, plan, generate, encode, augment, index."""
+    paths = RunPaths(cfg.root)
+    enc = cfg.encoder.name
+    report: dict[str, Any] = {"ingest": ingest(cfg)}
+    passage_parts, query_parts = make_plan(cfg)
+    encoder_meta = {"encoder": cfg.encoder.model_dump()}
+    stats = report["stages"] = {}
+    if needs_generation(cfg):
+        stats["generate"] = _stage(
+            cfg,
+            "generate",
+            (GenerateTask,),
+            passage_parts,
+            paths.generated(cfg.generator.name),
+            cfg.stages.generate,
+            {"generator": cfg.generator.model_dump()},
+        )
+    stats["encode-passages"] = _stage(
+        cfg,
+        "encode-passages",
+        (EncodeTask, "passages"),
+        passage_parts,
+        paths.embeddings(enc, "passages"),
+        cfg.stages.encode,
+        encoder_meta,
+    )
+    stats["encode-queries"] = _stage(
+        cfg,
+        "encode-queries",
+        (EncodeTask, "queries"),
+        query_parts,
+        paths.embeddings(enc, "queries"),
+        cfg.stages.encode,
+        encoder_meta,
+    )
+    if needs_generation(cfg):
+        stats["encode-generated"] = _stage(
+            cfg,
+            "encode-generated",
+            (EncodeTask, "generated"),
+            passage_parts,
+            paths.embeddings(enc, "generated-" + cfg.generator.name),
+            cfg.stages.encode,
+            {**encoder_meta, "generator": cfg.generator.model_dump()},
+        )
+    for strategy in cfg.augment.strategies:
+        if strategy == "dense":
+            continue
+        task = (EncodeTask, "expand") if strategy == "expand" else (AugmentTask, strategy)
+        resources = cfg.stages.encode if strategy == "expand" else StageResources()
+        stats[f"augment-{strategy}"] = _stage(
+            cfg,
+            f"augment-{strategy}",
+            task,
+            passage_parts,
+            paths.embeddings(enc, strategy),
+            resources,
+            strategy_params(cfg, strategy),
+        )
+    report["index"] = {}
+    for strategy in cfg.augment.strategies:
+        start = time.perf_counter()
+        manifest = build_index(cfg, strategy)
+        report["index"][strategy] = {
+            "entries": manifest["n_total"],
+            "shards": len(manifest["shards"]),
+            "bytes": sum(s["bytes"] for s in manifest["shards"]),
+            "seconds": time.perf_counter() - start,
+        }
+    write_json_atomic(paths.stats("index"), report["index"])
+    return report
+
+
+def evaluate(cfg: RunConfig) -> dict[str, Any]:
+    """Search every strategy's index with the evaluation queries and score the runs."""
+    paths = RunPaths(cfg.root)
+    out = paths.results(cfg.evaluate.experiment)
+    queries = PartitionedTable(paths.queryset).read()
+    passages = PartitionedTable(paths.collection).read(columns=["pid"])
+    qrels = judged_qrels(read_table(paths.corpus("qrels")), queries, passages)
+    runs = {}
+    for strategy in cfg.augment.strategies:
+        run = search_queries(cfg, strategy)
+        write_trec_run(join(out, f"{strategy}.run"), run, f"xqg-ray-{strategy}")
+        runs[strategy] = run
+    evaluated = evaluate_strategies(runs, qrels, queries, cfg.evaluate.measures)
+    write_bytes_atomic(
+        join(out, "per_query.parquet"),
+        table_to_parquet_bytes(per_query_table(evaluated["per_query"])),
+    )
+    metrics = {
+        "strategies": evaluated["strategies"],
+        "measures": cfg.evaluate.measures,
+        "queries": queries.num_rows,
+        "judged_queries": len(set(pc.unique(qrels["qid"]).to_pylist())),
+        "passages": passages.num_rows,
+        "encoder": cfg.encoder.name,
+        "generator": cfg.generator.name if needs_generation(cfg) else None,
+        "config": json.loads(cfg.model_dump_json()),
+    }
+    write_json_atomic(join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
+    report = build(cfg)
+    report["metrics"] = evaluate(cfg)
+    return report

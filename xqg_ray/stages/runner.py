@@ -1,0 +1,164 @@
+"""Run a part task over its pending parts: on a Ray Data actor pool, or in this process.
+
+Both paths call the same task object, so the Ray wrapper stays thin: it only decides where the
+task runs. The task writes its output part itself (atomically) and returns a small stats row, so
+outputs are committed as soon as each part finishes and a killed run loses at most the parts in
+flight.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xqg_ray.config import RayConfig, StageResources
+from xqg_ray.errors import ConfigError
+from xqg_ray.storage import PartitionedTable, write_json_atomic
+
+PartTask = Callable[[str], dict[str, Any]]
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch/BLAS threads; Ray sets OMP threads to the actor's num_cpus, which may differ."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class PartWorker:
+    """Ray Data callable class: builds the task once per actor, then runs it per part name."""
+
+    def __init__(self, factory: Callable[[], PartTask], threads: int):
+        set_threads(threads)
+        self.task = factory()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for part in batch["part"]:
+            start = time.perf_counter()
+            row = self.task(str(part))
+            rows.append({**row, "seconds": time.perf_counter() - start})
+        return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join the configured cluster (or RAY_ADDRESS under `ray job submit`), else start one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=cfg.address,
+            num_cpus=cfg.num_cpus if cfg.address is None else None,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = cfg.progress_bars
+
+
+def check_resources(stage: str, resources: StageResources) -> None:
+    """Refuse a pool the cluster can never schedule, instead of letting Ray Data wait forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    if resources.num_gpus > 0 and total.get("GPU", 0) < resources.num_gpus:
+        raise ConfigError(
+            f"stages.{stage}.num_gpus={resources.num_gpus} but the Ray cluster has "
+            f"{total.get('GPU', 0):g} GPUs: lower it (0 = CPU) or add GPU nodes"
+        )
+    if total.get("CPU", 0) < resources.num_cpus:
+        raise ConfigError(
+            f"stages.{stage}.num_cpus={resources.num_cpus} but the Ray cluster has "
+            f"{total.get('CPU', 0):g} CPUs"
+        )
+
+
+def run_parts(
+    name: str,
+    factory: Callable[[], PartTask],
+    pending: list[str],
+    resources: StageResources,
+    ray_cfg: RayConfig,
+) -> list[dict[str, Any]]:
+    """Run `factory()`'s task over `pending` parts; returns one stats row per part."""
+    if not pending:
+        return []
+    threads = resources.threads or max(1, int(resources.num_cpus))
+    if not ray_cfg.enabled:
+        set_threads(threads)
+        worker = PartWorker(factory, threads)
+        from tqdm.auto import tqdm
+
+        rows = []
+        for part in tqdm(pending, desc=name, unit="part", disable=not ray_cfg.progress_bars):
+            batch = worker({"part": np.array([part])})
+            rows.append({key: value[0].item() for key, value in batch.items()})
+        return rows
+    import ray
+
+    ensure_ray(ray_cfg)
+    check_resources(name, resources)
+    dataset = ray.data.from_items(
+        [{"part": part} for part in pending], override_num_blocks=len(pending)
+    )
+    remote_args: dict[str, Any] = {"num_cpus": resources.num_cpus}
+    if resources.num_gpus:
+        remote_args["num_gpus"] = resources.num_gpus
+    results = dataset.map_batches(
+        PartWorker,
+        fn_constructor_kwargs={"factory": factory, "threads": threads},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(pending))),
+        **remote_args,
+    ).take_all()
+    return [{key: _plain(value) for key, value in row.items()} for row in results]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def run_stage(
+    name: str,
+    factory: Callable[[], PartTask],
+    parts: list[str],
+    target: PartitionedTable,
+    resources: StageResources,
+    ray_cfg: RayConfig,
+    meta: dict[str, Any],
+    stats_url: str,
+) -> dict[str, Any]:
+    """Compute the missing parts of `target`, finalise it, and record the stage's throughput."""
+    existing = target.manifest()
+    if existing and existing.get("complete"):
+        if existing.get("meta") != meta:
+            raise ConfigError(
+                f"{target.url} was built with {existing.get('meta')}, this run asks for {meta}: "
+                "use a new run root (or delete that folder) to rebuild it"
+            )
+        return {"stage": name, "skipped": True, "parts": len(parts)}
+    done = set(target.committed_parts())
+    pending = [part for part in parts if part not in done]
+    start = time.perf_counter()
+    rows = run_parts(name, factory, pending, resources, ray_cfg)
+    seconds = time.perf_counter() - start
+    target.finalize(meta=meta, expected=parts)
+    rows_in = sum(row["rows_in"] for row in rows)
+    stats = {
+        "stage": name,
+        "parts": len(parts),
+        "parts_computed": len(pending),
+        "rows_in": rows_in,
+        "rows_out": sum(row["rows_out"] for row in rows),
+        "seconds": seconds,
+        "rows_per_second": rows_in / seconds if seconds > 0 else None,
+        "task_seconds": sum(row["seconds"] for row in rows),
+        "backend": "ray-data" if ray_cfg.enabled else "local",
+    }
+    write_json_atomic(stats_url, stats)
+    return stats
