@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -45,12 +46,16 @@ def significance(
         groups.setdefault(langs[qid], []).append(qid)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for group, qids in sorted(groups.items()):
+        shared = [q for q in qids if q in baseline]
+        if len(shared) < 2:  # a t-test needs two paired queries
+            continue
         out[group] = {}
         for measure in measures:
-            a = {q: scores[q][measure] for q in qids}
-            b = {q: baseline[q][measure] for q in qids if q in baseline}
+            a = {q: scores[q][measure] for q in shared}
+            b = {q: baseline[q][measure] for q in shared}
             t_stat, p_value = paired_ttest(a, b)
-            out[group][measure] = {"t": t_stat, "p": p_value}
+            # a constant difference gives t = +-inf: JSON has no infinity, so it is stored as null
+            out[group][measure] = {"t": t_stat if math.isfinite(t_stat) else None, "p": p_value}
     return out
 
 
