@@ -20,8 +20,8 @@ from xqg_ray.storage import PartitionedTable
 def select_generated(
     generated: pa.Table, languages: list[str] | None, per_language: int | None
 ) -> pa.Table:
-    """Keep the generated queries a strategy uses: chosen languages, the first n per language."""
-    keep = pc.invert(pc.is_null(generated["text"]))
+    """Keep the generated queries (texts or vectors) a strategy uses: languages, first n of each."""
+    keep = pa.array([True] * generated.num_rows)
     if languages is not None:
         keep = pc.and_(keep, pc.is_in(generated["lang"], pa.array(languages)))
     if per_language is not None:
