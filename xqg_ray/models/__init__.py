@@ -1,1 +1,5 @@
-"""models."""
+"""Models behind small interfaces: `encoder` (bi-encoders), `generator` (query generators),
+`loading` (checkpoint resolution), `device` (device/dtype), `tiny` (offline test checkpoints).
+
+Import the submodule you need: this package imports no torch or transformers by itself.
+"""
