@@ -57,6 +57,15 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def run_job(job: Callable[[], Any]) -> Any:
+    """For `jobs/*.py` entrypoints: the same one-line error and exit status 2 as the CLI."""
+    try:
+        return job()
+    except XqgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _config(
     config: str | None, overrides: list[str] | None, root: str | None, no_ray: bool = False
 ) -> RunConfig:

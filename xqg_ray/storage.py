@@ -306,7 +306,7 @@ class PartitionedTable:
         tables = [self.read_part(name, columns) for name in names]
         try:
             return pa.concat_tables(tables, promote_options="default")
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InputError(f"{self.url}: parts have incompatible schemas: {exc}") from exc
 
 

@@ -42,8 +42,15 @@ class PartWorker:
         for part in batch["part"]:
             start = time.perf_counter()
             row = self.task(str(part))
-            rows.append({**row, "seconds": time.perf_counter() - start})
+            rows.append({**row, "seconds": time.perf_counter() - start, "node": _node_id()})
         return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+
+def _node_id() -> str:
+    """The Ray node a part ran on (empty without Ray): shows where the scheduler put the work."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -158,6 +165,7 @@ def run_stage(
         "seconds": seconds,
         "rows_per_second": rows_in / seconds if seconds > 0 else None,
         "task_seconds": sum(row["seconds"] for row in rows),
+        "nodes": sorted({row["node"] for row in rows if row["node"]}),
         "backend": "ray-data" if ray_cfg.enabled else "local",
     }
     write_json_atomic(stats_url, stats)
