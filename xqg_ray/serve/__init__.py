@@ -1,1 +1,9 @@
-"""serve."""
+"""Ray Serve search service: router ingress, one deployment per FAISS shard, query encoder.
+
+Importing this package does not import Ray; `xqg_ray.serve.app` does.
+"""
+
+from xqg_ray.serve.client import SearchClient, ServiceError, search_cli
+from xqg_ray.serve.config import Limits, ServeConfig
+
+__all__ = ["Limits", "SearchClient", "ServeConfig", "ServiceError", "search_cli"]

@@ -1,0 +1,147 @@
+"""The FastAPI app of the router: routes, body-size limit, optional bearer token, error mapping.
+
+Built per router replica (`build_api(router)`), so limits and the token come from that
+replica's configuration. Every failure a client can cause is a 4xx with a message saying what is
+wrong; a service that cannot answer completely says so (503, or `partial` in the answer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials as Credentials
+from fastapi.security import HTTPBearer
+
+import xqg_ray
+from xqg_ray.errors import InputError, XqgError
+from xqg_ray.serve.config import Limits
+from xqg_ray.serve.schemas import Health, SearchRequest, SearchResponse, VectorSearchRequest
+from xqg_ray.serve.stats import ServiceStats
+
+BEARER = HTTPBearer(auto_error=False)
+ROUTES = ["/search", "/search_vectors", "/healthz", "/stats"]
+
+
+class ServiceUnavailable(XqgError):
+    """Shards or the encoder cannot answer: HTTP 503, naming what is missing."""
+
+    def __init__(self, message: str, missing_shards: list[int] | None = None):
+        super().__init__(message)
+        self.missing_shards = missing_shards or []
+
+
+class NotSupported(XqgError):
+    """The request needs something this deployment was started without (HTTP 400)."""
+
+
+class Router(Protocol):
+    limits: Limits
+    token: str | None
+    stats: ServiceStats
+
+    async def search_texts(self, queries: list[str], k: int, include_text: bool) -> dict: ...
+
+    async def search_vectors(
+        self, vectors: list[list[float]], k: int, include_text: bool
+    ) -> dict: ...
+
+    def health(self) -> dict: ...
+
+    def stats_snapshot(self) -> dict: ...
+
+
+class RequestRecorder:
+    """ASGI middleware: records each request's status and latency per route for /stats."""
+
+    def __init__(self, app: Any, stats: ServiceStats):
+        self.app = app
+        self.stats = stats
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_recording(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            self.stats.record(path, status, (time.perf_counter() - started) * 1000)
+
+
+def _error(status: int, detail: Any, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def build_api(router: Router) -> FastAPI:
+    """The HTTP API over a router; /healthz is always open, the rest needs the token if set."""
+    open_docs = router.token is None
+    api = FastAPI(
+        title="xqg-ray search",
+        version=xqg_ray.__version__,
+        description="Sharded FAISS search over an xqg-ray index.",
+        openapi_url="/openapi.json" if open_docs else None,
+        docs_url="/docs" if open_docs else None,
+        redoc_url=None,
+        max_body_size=router.limits.max_body_bytes,  # larger bodies: 413 before parsing
+    )
+    api.add_middleware(RequestRecorder, stats=router.stats)
+
+    def require_token(credentials: Annotated[Credentials | None, Depends(BEARER)]) -> None:
+        if router.token is None:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), router.token.encode()):
+            raise HTTPException(
+                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    protected = [Depends(require_token)]
+
+    @api.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @api.exception_handler(NotSupported)
+    async def _not_supported(_: Request, exc: NotSupported) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @api.exception_handler(ServiceUnavailable)
+    async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return _error(503, str(exc), missing_shards=exc.missing_shards)
+
+    @api.post("/search", response_model=SearchResponse, dependencies=protected)
+    async def search(body: SearchRequest) -> JSONResponse:
+        """Encode the query texts and return the top-k passages of each."""
+        return JSONResponse(await router.search_texts(body.queries, body.k, body.include_text))
+
+    @api.post("/search_vectors", response_model=SearchResponse, dependencies=protected)
+    async def search_vectors(body: VectorSearchRequest) -> JSONResponse:
+        """Top-k passages for query vectors encoded by the caller."""
+        return JSONResponse(await router.search_vectors(body.vectors, body.k, body.include_text))
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz() -> dict:
+        return router.health()
+
+    @api.get("/stats", dependencies=protected)
+    async def stats() -> dict:
+        """Index manifest, shard sizes, request counts and latency percentiles (this replica)."""
+        return router.stats_snapshot()
+
+    return api
