@@ -1,0 +1,123 @@
+"""`ray job submit --working-dir . -- python jobs/build_index.py ...` against `ray start --head`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_run_config
+
+from xqg_ray.index.shards import load_manifest
+from xqg_ray.paths import RunPaths
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A real head node with the job server; only this process group is stopped afterwards."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    dashboard = free_port()
+    temp_dir = tmp_path_factory.mktemp("rayhead")
+    process = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield f"http://127.0.0.1:{dashboard}", env
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the freshly started head has no job agent yet."""
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--",
+                *entrypoint,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        retry = "No available agent" in done.stderr or "Connection refused" in done.stderr
+        if not retry or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
+
+
+def test_build_index_job_runs_unchanged_under_ray_job_submit(
+    head, tiny_models, shared_data, tmp_path
+):
+    address, env = head
+    cfg = tiny_run_config(
+        str(tmp_path / "run"), tiny_models, shared_data, augment={"strategies": ["dense", "xqg"]}
+    )
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    done = submit(address, env, "python", "jobs/build_index.py", "--config", str(config_file))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout + done.stderr
+    for strategy in ("dense", "xqg"):
+        manifest = load_manifest(RunPaths(cfg.root).index(cfg.encoder.name, strategy))
+        assert manifest["n_total"] == 12
+    # the stages ran on the submitted cluster's Ray Data, not in-process
+    assert '"backend": "ray-data"' in done.stdout
+
+
+def test_job_with_a_bad_config_fails_with_the_field_named(head, tmp_path):
+    address, env = head
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("augment:\n  strategies: [dense, colbert]\n")
+    done = submit(address, env, "python", "jobs/build_index.py", "--config", str(bad))
+    assert done.returncode != 0
+    assert "augment.strategies" in done.stdout + done.stderr
