@@ -132,6 +132,9 @@ def demo(
         str | None, typer.Option(help="XQuAD folder; default ../shared/data/xquad or download.")
     ] = None,
     no_ray: NoRayOpt = False,
+    no_service_check: Annotated[
+        bool, typer.Option(help="Skip starting the search service at the end.")
+    ] = False,
 ) -> None:
     """README command (a): XQuAD X->en, all four strategies, offline encoder, printed table."""
     from xqg_ray.stages.pipeline import run_pipeline
@@ -147,6 +150,23 @@ def demo(
     _print_metrics(cfg, run_pipeline(cfg)["metrics"])
     if "xqg" in cfg.augment.strategies:
         _print_mixing_sweep(cfg)
+    if not no_service_check:
+        _print_service_check(cfg)
+
+
+def _print_service_check(cfg: RunConfig) -> None:
+    from xqg_ray.errors import XqgError
+    from xqg_ray.stages.service_check import check_service
+
+    strategy = "xqg" if "xqg" in cfg.augment.strategies else cfg.augment.strategies[0]
+    result = check_service(cfg, strategy)
+    typer.echo(
+        f"\nsearch service ({result['url']}, {strategy} index): {result['agree']}/"
+        f"{result['queries']} queries ranked as offline (largest score gap "
+        f"{result['max_score_gap']:.1e}, partial={result['partial']})"
+    )
+    if result["agree"] != result["queries"] or result["partial"]:
+        raise XqgError("the search service disagrees with the offline search")
 
 
 def _print_mixing_sweep(cfg: RunConfig) -> None:
@@ -176,6 +196,125 @@ def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:
     typer.echo(significance_table(metrics["strategies"], measures))
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
     typer.echo(f"\nmetrics: {out}/metrics.json")
+
+
+def _serve_config(
+    config: str | None, index: str | None, strategy: str | None, overrides: list[str]
+) -> Any:
+    """ServeConfig from a Serve config YAML (first application's args + http_options) and flags."""
+    import yaml
+    from pydantic import ValidationError
+
+    from xqg_ray.config import parse_override
+    from xqg_ray.errors import ConfigError
+    from xqg_ray.serve.config import ServeConfig
+    from xqg_ray.storage import read_text
+
+    data: dict[str, Any] = {}
+    if config:
+        loaded = yaml.safe_load(read_text(config)) or {}
+        apps = loaded.get("applications") if isinstance(loaded, dict) else None
+        if apps:
+            data = dict(apps[0].get("args", {}))
+            http = loaded.get("http_options", {})
+            data.update({k: http[k] for k in ("host", "port") if k in http})
+        elif isinstance(loaded, dict):
+            data = loaded
+    if index:
+        data["index"] = index
+    if strategy:
+        data.update(_index_for_strategy(data.get("index", ""), strategy))
+    for item in overrides:
+        key, value = parse_override(item)
+        data[key] = value
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"serve config: {problems}") from exc
+
+
+def _index_for_strategy(root: str, strategy: str) -> dict[str, str]:
+    """`<root>/index/<encoder>/<strategy>` for the one encoder that has it, plus the corpus."""
+    from xqg_ray.errors import ConfigError
+    from xqg_ray.paths import RunPaths
+    from xqg_ray.storage import exists, join, url_to_fs
+
+    fs, path = url_to_fs(join(root, "index"))
+    found = sorted(fs.glob(f"{path.rstrip('/')}/*/{strategy}/manifest.json"))
+    if len(found) != 1:
+        raise ConfigError(
+            f"{root}: expected one index for strategy {strategy!r} under index/*/, found "
+            f"{len(found)}; pass --index <index folder> instead"
+        )
+    encoder = found[0].rstrip("/").split("/")[-3]
+    out = {"index": RunPaths(root).index(encoder, strategy)}
+    if exists(RunPaths(root).corpus("passages")):
+        out["corpus"] = RunPaths(root).corpus("passages")
+    return out
+
+
+@app.command()
+@user_errors
+def serve(
+    index: Annotated[
+        str | None, typer.Option(help="Index folder (has manifest.json) or a run root.")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="With a run root: serve this strategy's index.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Serve config YAML (jobs/configs/serve.yaml)."),
+    ] = None,
+    set_: SetOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+) -> None:
+    """Serve an index over HTTP with Ray Serve (one deployment per shard) until Ctrl-C."""
+    from xqg_ray.serve.app import run_server
+
+    overrides = list(set_ or [])
+    overrides += [f"host={host}"] if host else []
+    overrides += [f"port={port}"] if port else []
+    run_server(_serve_config(config, index, strategy, overrides), blocking=True)
+
+
+@app.command()
+@user_errors
+def search(
+    queries: Annotated[list[str], typer.Argument(help="One or more query texts.")],
+    url: Annotated[
+        str, typer.Option(help="Base URL of `xqg-ray serve`.")
+    ] = "http://127.0.0.1:8000",
+    k: Annotated[int, typer.Option(help="Passages per query.")] = 10,
+    text: Annotated[bool, typer.Option("--text", help="Include passage titles and texts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """Query a running search service and print the ranked passages."""
+    import os
+
+    from xqg_ray.serve.client import search_cli
+
+    answer = search_cli(
+        url, queries, k=k, include_text=text, token=os.environ.get("XQG_RAY_SERVE_TOKEN")
+    )
+    if as_json:
+        _echo_json(answer)
+        return
+    if answer.get("partial"):
+        typer.secho(
+            f"warning: partial answer, missing shards {answer.get('missing_shards')}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    for query, hits in zip(queries, answer["results"], strict=True):
+        typer.echo(f"# {query}")
+        for rank, hit in enumerate(hits, 1):
+            line = f"{rank:>3}  {hit['score']:.4f}  {hit.get('pid') or hit.get('id')}"
+            if text and hit.get("text"):
+                line += f"  {(hit.get('title') or '')[:40]} | {hit['text'][:100]}"
+            typer.echo(line)
 
 
 @app.command(name="config")

@@ -1,0 +1,65 @@
+"""Start the search service on a run's index, query it, and compare with the offline run.
+
+The demo's end-to-end check: the HTTP service (its own query encoder, one deployment per shard,
+the router's merge) must rank exactly as the offline batch search did for the same queries.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from xqg_ray.config import RunConfig
+from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.paths import RunPaths
+from xqg_ray.schema import arrow_to_vectors
+from xqg_ray.storage import PartitionedTable
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
+    """Serve `strategy`'s index on loopback, send `n_queries` evaluation queries in one request,
+    and count the queries ranked exactly as offline (same pids, scores within 1e-3)."""
+    from ray import serve
+
+    from xqg_ray.serve.app import run_server
+    from xqg_ray.serve.client import SearchClient
+    from xqg_ray.serve.config import ServeConfig
+
+    paths = RunPaths(cfg.root)
+    index_url = paths.index(cfg.encoder.name, strategy)
+    texts = PartitionedTable(paths.queryset).read_part("00000").slice(0, n_queries)
+    encoded = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read_part("00000")
+    searcher = ShardedSearcher(index_url)
+    scores, ids = searcher.search(arrow_to_vectors(encoded["vector"])[:n_queries], k)
+    expected_pids = searcher.pids(ids)
+    serve_cfg = ServeConfig(
+        index=index_url,
+        corpus=paths.corpus("passages"),
+        port=_free_port(),
+        max_batch_size=max(16, n_queries),
+    )
+    url = run_server(serve_cfg, blocking=False)
+    try:
+        answer = SearchClient(url).search(texts["text"].to_pylist(), k=k)
+    finally:
+        serve.shutdown()
+    agree = 0
+    worst = 0.0
+    for hits, pids, row_scores in zip(answer["results"], expected_pids, scores, strict=True):
+        gaps = [abs(h["score"] - float(s)) for h, s in zip(hits, row_scores, strict=False)]
+        worst = max([worst, *gaps])
+        agree += int([h["pid"] for h in hits] == pids and max(gaps, default=0.0) < 1e-3)
+    return {
+        "strategy": strategy,
+        "url": url,
+        "queries": len(texts),
+        "agree": agree,
+        "partial": answer["partial"],
+        "max_score_gap": worst,
+    }
