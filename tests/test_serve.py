@@ -9,6 +9,7 @@ Three applications run side by side on one local Ray (2 CPUs):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -22,6 +23,7 @@ import requests
 from ray import serve
 
 from xqg_ray import storage
+from xqg_ray.bench.serve_latency import http_load
 from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
 from xqg_ray.index import build_shards
@@ -124,7 +126,7 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
     token_file.write_text(TOKEN + "\n")
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a `ray start`
     vec_cfg = ServeConfig(
         index=str(base / "vec"),
         port=port,
@@ -381,6 +383,16 @@ def test_every_deployment_is_healthy(service):
         assert status.status == "RUNNING"
         assert {d.status for d in status.deployments.values()} == {"HEALTHY"}
     assert "query-encoder" in serve.status().applications["xquad"].deployments
+
+
+def test_latency_bench_loop_measures_the_service(service, xquad_run):
+    queries = xquad_run["vectors"][:12]
+    url = service["xquad_url"] + "/search_vectors"
+    stats, failures = asyncio.run(http_load(url, queries, k=5, concurrency=4, max_duration_s=60))
+    assert failures == 0
+    assert stats["requests"] == 12
+    assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
+    assert stats["qps"] > 0
 
 
 # ---- failures -------------------------------------------------------------------------------
