@@ -17,12 +17,10 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 import faiss
@@ -31,6 +29,7 @@ import ray
 from ray import serve
 
 from xqg_ray import storage
+from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
 from xqg_ray.serve.app import build_app
@@ -83,7 +82,12 @@ def run_root_indexes(root: str) -> list[dict]:
 
 
 def in_process(index_url: str, queries: np.ndarray, k: int) -> dict:
-    """The same queries, one per call, through ShardedSearcher in this process."""
+    """The same queries, one per call, through ShardedSearcher in this process.
+
+    One FAISS thread, as in each shard replica: OpenMP threads spinning on a busy machine would
+    make the baseline slower than the search it measures.
+    """
+    faiss.omp_set_num_threads(1)
     searcher = ShardedSearcher(index_url)
     for query in queries[:20]:  # warm caches and mmapped pages
         searcher.search(query[None, :], k)
@@ -204,6 +208,32 @@ def format_row(row: dict) -> str:
     )
 
 
+def summary_table(rows: list[dict]) -> str:
+    headers = ["index", "shards", "replicas", "conc", "p50 ms", "p95 ms", "p99 ms", "qps"]
+    headers += ["in-proc p50", "healthz p50", "ratio", "target ms", "met"]
+    return format_table(
+        headers,
+        [
+            [
+                r["index"],
+                r["shards"],
+                r["replicas_per_shard"],
+                r["concurrency"],
+                r["service"]["p50_ms"],
+                r["service"]["p95_ms"],
+                r["service"]["p99_ms"],
+                r["service"]["qps"],
+                r["in_process"]["p50_ms"],
+                r["healthz"]["p50_ms"],
+                r["p50_ratio"],
+                r["target_p50_ms"],
+                "yes" if r["meets_target"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+
+
 def parse_ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -245,24 +275,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
     result = {
         "benchmark": "serve_latency",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "faiss": faiss.__version__,
-            "load_average_at_end": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": [],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def record(row: dict) -> None:  # rewrite the file after every row: a crash keeps the rest
         result["rows"].append(row)
-        result["machine"]["load_average_at_end"] = os.getloadavg()
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        result["machine"]["load_average_at_end"] = list(os.getloadavg())
+        write_results(args.out, result)
         print(format_row(row), flush=True)
 
     port = free_port()
@@ -273,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+    print("\n" + summary_table(result["rows"]))
     print(f"wrote {args.out}")
     return result
 
