@@ -22,15 +22,6 @@ from xqg_ray.models.loading import resolve_model_path
 from xqg_ray.models.tiny import build_tiny_bert, ensure_tiny_models, train_sentencepiece
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run faster on one thread; several threads thrash on a busy small machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def xquad(shared_data) -> str:
     return str(shared_data / "xquad")
