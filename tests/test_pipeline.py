@@ -35,7 +35,7 @@ def local_run(tmp_path_factory, tiny_models, shared_data):
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
     """Started after the S3 server, so workers inherit its endpoint and test credentials."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -219,9 +219,7 @@ def test_mixing_sweep_agrees_with_the_pipeline(local_run, tmp_path):
     # two code paths (sharded index search vs in-memory re-mix and one flat index) must agree;
     # near-tied scores of the random tiny model may swap places, hence the small tolerance
     for measure in ("R@1", "RR@10"):
-        assert by_alpha[0.0][measure] == pytest.approx(
-            metrics["dense"]["macro"][measure], abs=5e-3
-        )
+        assert by_alpha[0.0][measure] == pytest.approx(metrics["dense"]["macro"][measure], abs=5e-3)
         assert by_alpha[cfg.augment.alpha][measure] == pytest.approx(
             metrics["xqg"]["macro"][measure], abs=5e-3
         )

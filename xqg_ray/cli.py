@@ -205,7 +205,7 @@ def _serve_config(
     import yaml
     from pydantic import ValidationError
 
-    from xqg_ray.config import parse_override
+    from xqg_ray.config import parse_override, set_path
     from xqg_ray.errors import ConfigError
     from xqg_ray.serve.config import ServeConfig
     from xqg_ray.storage import read_text
@@ -225,8 +225,7 @@ def _serve_config(
     if strategy:
         data.update(_index_for_strategy(data.get("index", ""), strategy))
     for item in overrides:
-        key, value = parse_override(item)
-        data[key] = value
+        set_path(data, *parse_override(item))
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as exc:

@@ -197,7 +197,26 @@ class EvaluateConfig(_Strict):
         description="Cross-lingual settings: x-en (any X->en), x-x (same language), pool "
         "(all languages in one pool), or src-tgt pairs such as ar-en.",
     )
-    measures: list[str] = Field(default_factory=lambda: ["R@1", "R@10", "RR@10", "nDCG@10"])
+    measures: list[str] = Field(
+        default_factory=lambda: ["R@1", "R@10", "RR@10", "nDCG@10"],
+        description="ir_measures names, mAP@k (XTREME-R) or R@<n>kt (XOR-Retrieve, needs "
+        "answers); xquad_r adds mAP@20, answer-only data (xor_tydi) uses R@2kt and R@5kt.",
+    )
+    via: Literal["offline", "service", "both"] = Field(
+        default="offline",
+        description="offline: batch search on Ray Data; service: query texts through the Serve "
+        "endpoint; both: run both and fail unless they rank identically.",
+    )
+    service_url: str = Field(
+        default="",
+        description="Use a running service instead of starting one per index; may contain "
+        "{strategy} and {languages} (e.g. http://head:8000/{strategy}).",
+    )
+    batch_size: int = Field(default=256, ge=1, description="Queries per offline search call.")
+    service_batch_size: int = Field(default=32, ge=1, description="Query texts per HTTP request.")
+    searchers: StageResources = Field(
+        default_factory=StageResources, description="The offline search actor pool."
+    )
 
 
 class RunConfig(_Strict):
@@ -226,7 +245,8 @@ class RunConfig(_Strict):
         return value
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts, creating sections as needed."""
     node = data
     keys = dotted.split(".")
     for key in keys[:-1]:
@@ -263,7 +283,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         data = loaded
     for item in overrides or []:
         key, value = parse_override(item)
-        _set_path(data, key, value)
+        set_path(data, key, value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -47,6 +47,8 @@ def with_vectors(keys: pa.Table, vectors) -> pa.Table:
 class EncodeTask:
     """Encodes one part of one kind; built once per actor, so the model loads once."""
 
+    loads_model = True
+
     def __init__(self, cfg: RunConfig, kind: str):
         from xqg_ray.models.encoder import load_encoder
 

@@ -66,6 +66,8 @@ def build_query_fn(cfg: RunConfig) -> QueryFn:
 class GenerateTask:
     """Reads collection part N, writes generated part N; built once per actor (loads the model)."""
 
+    loads_model = True
+
     def __init__(self, cfg: RunConfig):
         paths = RunPaths(cfg.root)
         self.languages = cfg.generator.languages

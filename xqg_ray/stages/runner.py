@@ -8,6 +8,7 @@ flight.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -30,11 +31,18 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def loads_model(factory: Callable[[], PartTask]) -> bool:
+    """Whether a task is worth an actor: one that loads a model sets `loads_model = True`."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    return bool(getattr(target, "loads_model", False))
+
+
 class PartWorker:
     """Ray Data callable class: builds the task once per actor, then runs it per part name."""
 
     def __init__(self, factory: Callable[[], PartTask], threads: int):
-        set_threads(threads)
+        if loads_model(factory):
+            set_threads(threads)
         self.task = factory()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -53,14 +61,24 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def run_parts_once(batch: dict[str, np.ndarray], factory: Callable[[], PartTask]) -> dict:
+    """Ray Data function for tasks without a model: built per batch, no actor to start."""
+    return PartWorker(factory, threads=1)(batch)
+
+
 def ensure_ray(cfg: RayConfig) -> None:
-    """Join the configured cluster (or RAY_ADDRESS under `ray job submit`), else start one."""
+    """Join `ray.address`, or RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+
+    Without either, a fresh local instance is started even if a `ray start` cluster runs on the
+    machine: joining one must be asked for (`ray.address: auto`).
+    """
     import ray
 
     if not ray.is_initialized():
+        joining = cfg.address or os.environ.get("RAY_ADDRESS")
         ray.init(
-            address=cfg.address,
-            num_cpus=cfg.num_cpus if cfg.address is None else None,
+            address=cfg.address if joining else "local",
+            num_cpus=None if joining else cfg.num_cpus,
             include_dashboard=False,
             log_to_driver=True,
         )
@@ -116,13 +134,19 @@ def run_parts(
     remote_args: dict[str, Any] = {"num_cpus": resources.num_cpus}
     if resources.num_gpus:
         remote_args["num_gpus"] = resources.num_gpus
-    results = dataset.map_batches(
-        PartWorker,
-        fn_constructor_kwargs={"factory": factory, "threads": threads},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(pending))),
-        **remote_args,
-    ).take_all()
+    if loads_model(factory):
+        mapped = dataset.map_batches(
+            PartWorker,
+            fn_constructor_kwargs={"factory": factory, "threads": threads},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(pending))),
+            **remote_args,
+        )
+    else:
+        mapped = dataset.map_batches(
+            run_parts_once, fn_kwargs={"factory": factory}, batch_size=1, **remote_args
+        )
+    results = mapped.take_all()
     return [{key: _plain(value) for key, value in row.items()} for row in results]
 
 
