@@ -61,3 +61,57 @@ def significance_table(results: dict[str, Any], measures: list[str], markdown: b
                 cells.append(f"{value:.3f} ({delta:+.3f}, p={test['p']:.2g})")
         rows.append(cells)
     return _render(header, rows, markdown)
+
+
+def _cell(value: float | None, test: dict[str, Any] | None) -> str:
+    if value is None:
+        return "–"
+    if test is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} (p={test['p']:.2g})"
+
+
+def language_table(results: dict[str, Any], measure: str, markdown: bool = False) -> str:
+    """Rows strategies, columns query languages and the macro average, for one measure; every
+    strategy but dense shows its paired t-test p-value against dense (macro: over all queries)."""
+    langs = sorted({lang for r in results.values() for lang in r["per_lang"]})
+    header = ["strategy", *langs, "macro"]
+    rows = []
+    for strategy, summary in results.items():
+        tests = summary.get("ttest_vs_dense", {})
+        cells = [strategy]
+        for lang in langs:
+            value = summary["per_lang"].get(lang, {}).get(measure)
+            cells.append(_cell(value, tests.get(lang, {}).get(measure)))
+        cells.append(_cell(summary["macro"][measure], tests.get("all", {}).get(measure)))
+        rows.append(cells)
+    return _render(header, rows, markdown)
+
+
+def _pairs_line(pairs: list[dict[str, Any]]) -> str:
+    """`de, en -> de+en`: query languages grouped by the passage languages they search."""
+    by_target: dict[str, list[str]] = {}
+    for pair in pairs:
+        by_target.setdefault("+".join(pair["passage_languages"]), []).append(pair["query_language"])
+    return "; ".join(f"{', '.join(q)} → {target}" for target, q in by_target.items())
+
+
+def evaluation_markdown(evaluation: dict[str, Any]) -> str:
+    """The evaluation report: per setting, one strategy x language table per measure."""
+    lines = [f"# Evaluation: {evaluation['experiment']}", ""]
+    generator = f"`{evaluation['generator']}`" if evaluation["generator"] else "none"
+    lines.append(
+        f"Encoder `{evaluation['encoder']}`, generator {generator}; search "
+        f"via {evaluation['via']}. Cells are means over a language's queries; p-values are "
+        "two-sided paired t-tests against `dense` over the same queries."
+    )
+    for name, metrics in evaluation["settings"].items():
+        lines += ["", f"## Setting `{name}`", ""]
+        lines.append(
+            f"Queries → passages: {_pairs_line(metrics['pairs'])}. {metrics['judged_queries']} "
+            f"of {metrics['queries']} queries scored, {metrics['passages']} passages indexed."
+        )
+        for measure in metrics["measures"]:
+            lines += ["", f"### {display_name(measure)}", ""]
+            lines.append(language_table(metrics["strategies"], measure, markdown=True))
+    return "\n".join(lines) + "\n"

@@ -1,16 +1,23 @@
-"""Evaluate runs: per-query measures, per-language and macro averages, t-tests against dense."""
+"""Score runs: per-query measures, per-language and macro averages, t-tests against dense.
+
+Two kinds of measures: judged ones (ir_measures names and XTREME-R `mAP@k`) need qrels; the
+XOR-Retrieve `R@<n>kt` ones need the queries' answer strings and the ranked passages' texts.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xqg_ray.evaluate.metrics import aggregate, evaluate_run, paired_ttest
+from xqg_ray.evaluate.metrics import aggregate, evaluate_run, paired_ttest, xor_retrieve_recall
 
 BASELINE = "dense"
+_KT = re.compile(r"R@(\d+(?:\.\d+)?)kt")
 
 
 def judged_qrels(qrels: pa.Table, queries: pa.Table, passages: pa.Table) -> pa.Table:
@@ -19,25 +26,62 @@ def judged_qrels(qrels: pa.Table, queries: pa.Table, passages: pa.Table) -> pa.T
     return qrels.filter(keep)
 
 
-def evaluate_strategies(
-    runs: dict[str, pa.Table], qrels: pa.Table, queries: pa.Table, measures: list[str]
+def kt_budget(measure: str) -> int | None:
+    """`R@2kt` -> 2000 word tokens; None for a measure that is not an R@kt one."""
+    match = _KT.fullmatch(measure)
+    return round(float(match.group(1)) * 1000) if match else None
+
+
+def score_run(
+    run: pa.Table,
+    measures: Sequence[str],
+    qrels: pa.Table,
+    answers: Mapping[str, Sequence[str]],
+    texts: Mapping[str, str],
+) -> dict[str, dict[str, float]]:
+    """Per-query values of every measure; a query is kept when all of them apply to it."""
+    judged = [m for m in measures if kt_budget(m) is None]
+    budgets = [kt_budget(m) for m in measures if kt_budget(m) is not None]
+    parts = []
+    if judged:
+        parts.append(evaluate_run(run, qrels, judged))
+    if budgets:
+        parts.append(xor_retrieve_recall(ranked_texts(run, texts), answers, budgets))
+    qids = set.intersection(*(set(part) for part in parts))
+    return {
+        qid: {name: value for part in parts for name, value in part[qid].items()}
+        for qid in sorted(qids)
+    }
+
+
+def ranked_texts(run: pa.Table, texts: Mapping[str, str]) -> dict[str, list[str]]:
+    """Each query's passage texts in rank order (what R@kt tokenises)."""
+    ordered = run.sort_by([("qid", "ascending"), ("rank", "ascending")])
+    out: dict[str, list[str]] = {}
+    for qid, pid in zip(ordered["qid"].to_pylist(), ordered["pid"].to_pylist(), strict=True):
+        out.setdefault(qid, []).append(texts[pid])
+    return out
+
+
+def summarize(
+    per_query: dict[str, dict[str, dict[str, float]]],
+    langs: Mapping[str, str],
+    measures: list[str],
 ) -> dict[str, Any]:
-    """Metrics of every strategy's run, with paired t-tests of each strategy against `dense`."""
-    langs = dict(zip(queries["qid"].to_pylist(), queries["lang"].to_pylist(), strict=True))
-    per_query = {name: evaluate_run(run, qrels, measures) for name, run in runs.items()}
+    """Each strategy's per-language and macro averages, with t-tests against `dense`."""
     results: dict[str, Any] = {}
     for name, scores in per_query.items():
         summary = aggregate(scores, langs)
         if BASELINE in per_query and name != BASELINE:
             summary["ttest_vs_dense"] = significance(scores, per_query[BASELINE], langs, measures)
         results[name] = summary
-    return {"strategies": results, "per_query": per_query}
+    return results
 
 
 def significance(
     scores: dict[str, dict[str, float]],
     baseline: dict[str, dict[str, float]],
-    langs: dict[str, str],
+    langs: Mapping[str, str],
     measures: list[str],
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Paired t-test p-values per measure, over all queries and within each language."""
@@ -59,14 +103,30 @@ def significance(
     return out
 
 
-def per_query_table(per_query: dict[str, dict[str, dict[str, float]]]) -> pa.Table:
-    """Long format (strategy, qid, measure, value): what significance tests and plots consume."""
-    rows: dict[str, list] = {"strategy": [], "qid": [], "measure": [], "value": []}
+PER_QUERY_SCHEMA = pa.schema(
+    [
+        ("setting", pa.string()),
+        ("strategy", pa.string()),
+        ("qid", pa.string()),
+        ("lang", pa.string()),
+        ("measure", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+
+
+def per_query_table(
+    setting: str, per_query: dict[str, dict[str, dict[str, float]]], langs: Mapping[str, str]
+) -> pa.Table:
+    """Long format (setting, strategy, qid, lang, measure, value): what t-tests and plots read."""
+    rows: dict[str, list] = {name: [] for name in PER_QUERY_SCHEMA.names}
     for strategy, scores in per_query.items():
         for qid, values in scores.items():
             for measure, value in values.items():
+                rows["setting"].append(setting)
                 rows["strategy"].append(strategy)
                 rows["qid"].append(qid)
+                rows["lang"].append(langs[qid])
                 rows["measure"].append(measure)
                 rows["value"].append(float(value))
-    return pa.table(rows)
+    return pa.table(rows, schema=PER_QUERY_SCHEMA)

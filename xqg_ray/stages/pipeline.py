@@ -6,12 +6,9 @@ ingest -> plan -> generate -> encode -> augment -> index -> search -> evaluate
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from typing import Any
-
-import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig, StageResources
 from xqg_ray.models.question_split import in_generation_split, question_group
@@ -19,17 +16,13 @@ from xqg_ray.paths import RunPaths
 from xqg_ray.stages import plan
 from xqg_ray.stages.augment import AugmentTask
 from xqg_ray.stages.encode import EncodeTask
-from xqg_ray.stages.evaluate import evaluate_strategies, judged_qrels, per_query_table
 from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.index import build_index, strategy_params
 from xqg_ray.stages.runner import run_stage
-from xqg_ray.stages.search import search_queries, write_trec_run
+from xqg_ray.stages.settings_eval import evaluate_settings
 from xqg_ray.storage import (
     PartitionedTable,
-    join,
     read_table,
-    table_to_parquet_bytes,
-    write_bytes_atomic,
     write_json_atomic,
     write_table,
 )
@@ -196,34 +189,9 @@ def build(cfg: RunConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: RunConfig) -> dict[str, Any]:
-    """Search every strategy's index with the evaluation queries and score the runs."""
-    paths = RunPaths(cfg.root)
-    out = paths.results(cfg.evaluate.experiment)
-    queries = PartitionedTable(paths.queryset).read()
-    passages = PartitionedTable(paths.collection).read(columns=["pid"])
-    qrels = judged_qrels(read_table(paths.corpus("qrels")), queries, passages)
-    runs = {}
-    for strategy in cfg.augment.strategies:
-        run = search_queries(cfg, strategy)
-        write_trec_run(join(out, f"{strategy}.run"), run, f"xqg-ray-{strategy}")
-        runs[strategy] = run
-    evaluated = evaluate_strategies(runs, qrels, queries, cfg.evaluate.measures)
-    write_bytes_atomic(
-        join(out, "per_query.parquet"),
-        table_to_parquet_bytes(per_query_table(evaluated["per_query"])),
-    )
-    metrics = {
-        "strategies": evaluated["strategies"],
-        "measures": cfg.evaluate.measures,
-        "queries": queries.num_rows,
-        "judged_queries": len(set(pc.unique(qrels["qid"]).to_pylist())),
-        "passages": passages.num_rows,
-        "encoder": cfg.encoder.name,
-        "generator": cfg.generator.name if needs_generation(cfg) else None,
-        "config": json.loads(cfg.model_dump_json()),
-    }
-    write_json_atomic(join(out, "metrics.json"), metrics)
-    return metrics
+    """Search every strategy's index in every configured setting and score the runs
+    (`stages/settings_eval.py`); the headline setting's metrics are at the top level."""
+    return evaluate_settings(cfg)
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
