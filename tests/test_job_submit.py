@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -95,16 +96,22 @@ def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedPro
         time.sleep(2)
 
 
-def test_build_index_job_runs_unchanged_under_ray_job_submit(
-    head, tiny_models, shared_data, tmp_path
-):
+@pytest.fixture(scope="module")
+def built(head, tiny_models, shared_data, tmp_path_factory):
+    """jobs/build_index.py submitted to the head: the run the other tests read."""
     address, env = head
+    folder = tmp_path_factory.mktemp("job")
     cfg = tiny_run_config(
-        str(tmp_path / "run"), tiny_models, shared_data, augment={"strategies": ["dense", "xqg"]}
+        str(folder / "run"), tiny_models, shared_data, augment={"strategies": ["dense", "xqg"]}
     )
-    config_file = tmp_path / "job.yaml"
+    config_file = folder / "job.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump()))
     done = submit(address, env, "python", "jobs/build_index.py", "--config", str(config_file))
+    return cfg, config_file, done
+
+
+def test_build_index_job_runs_unchanged_under_ray_job_submit(built):
+    cfg, _, done = built
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
     for strategy in ("dense", "xqg"):
@@ -112,6 +119,27 @@ def test_build_index_job_runs_unchanged_under_ray_job_submit(
         assert manifest["n_total"] == 12
     # the stages ran on the submitted cluster's Ray Data, not in-process
     assert '"backend": "ray-data"' in done.stdout
+
+
+def test_evaluate_job_runs_under_ray_job_submit(head, built):
+    address, env = head
+    cfg, config_file, _ = built
+    done = submit(
+        address,
+        env,
+        "python",
+        "jobs/evaluate.py",
+        "--config",
+        str(config_file),
+        "--set",
+        "evaluate.settings=[x-en, de-en]",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    evaluation = json.loads(
+        (Path(RunPaths(cfg.root).results(cfg.evaluate.experiment)) / "evaluation.json").read_text()
+    )
+    assert set(evaluation["settings"]) == {"x-en", "de-en"}
+    assert set(evaluation["settings"]["de-en"]["strategies"]["xqg"]["per_lang"]) == {"de"}
 
 
 def test_job_with_a_bad_config_fails_with_the_field_named(head, tmp_path):

@@ -190,12 +190,16 @@ def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:
     from xqg_ray.evaluate.tables import significance_table, strategy_language_table
     from xqg_ray.paths import RunPaths
 
-    measures = metrics["measures"]
-    typer.echo(strategy_language_table(metrics["strategies"], measures))
-    typer.echo("")
-    typer.echo(significance_table(metrics["strategies"], measures))
+    settings = metrics.get("settings") or {metrics.get("setting", "main"): metrics}
+    for name, result in settings.items():
+        measures = result["measures"]
+        if len(settings) > 1:
+            typer.echo(f"\n== setting {name}")
+        typer.echo(strategy_language_table(result["strategies"], measures))
+        typer.echo("")
+        typer.echo(significance_table(result["strategies"], measures))
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
-    typer.echo(f"\nmetrics: {out}/metrics.json")
+    typer.echo(f"\nmetrics: {out}/evaluation.json, tables: {out}/evaluation.md")
 
 
 def _serve_config(

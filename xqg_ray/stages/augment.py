@@ -77,9 +77,7 @@ def multivector_ids(passage_ids: np.ndarray, query_rows: np.ndarray, stride: int
     """
     counts = np.bincount(query_rows, minlength=len(passage_ids))
     if counts.size and counts.max() >= stride:
-        raise ValueError(
-            f"a passage has {counts.max()} queries; the stride allows {stride - 1}"
-        )
+        raise ValueError(f"a passage has {counts.max()} queries; the stride allows {stride - 1}")
     order = np.argsort(query_rows, kind="stable")
     rank = np.empty_like(order)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
