@@ -91,7 +91,7 @@ def test_api_never_answers_5xx_and_matches_its_schema(api_schema, services, mode
             continue  # the GET routes take no input: nothing to make invalid
 
         @settings(
-            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         @given(case=operation.as_strategy(generation_mode=mode))
         def call(case):

@@ -20,7 +20,7 @@ from xqg_ray.datasets import Corpus, load_generic, load_xor_tydi, load_xquad
 from xqg_ray.errors import XqgError
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=100,
     deadline=3000,  # ms per example: a hang or a quadratic blow-up fails the test
     suppress_health_check=[HealthCheck.too_slow],
 )
