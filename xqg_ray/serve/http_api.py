@@ -19,10 +19,20 @@ from fastapi.security import HTTPBearer
 import xqg_ray
 from xqg_ray.errors import InputError, XqgError
 from xqg_ray.serve.config import Limits
-from xqg_ray.serve.schemas import Health, SearchRequest, SearchResponse, VectorSearchRequest
+from xqg_ray.serve.schemas import (
+    ErrorBody,
+    Health,
+    SearchRequest,
+    SearchResponse,
+    VectorSearchRequest,
+)
 from xqg_ray.serve.stats import ServiceStats
 
 BEARER = HTTPBearer(auto_error=False)
+# declared so the OpenAPI schema matches what the service really answers on failure
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503)
+}
 ROUTES = ["/search", "/search_vectors", "/healthz", "/stats"]
 
 
@@ -125,12 +135,14 @@ def build_api(router: Router) -> FastAPI:
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         return _error(503, str(exc), missing_shards=exc.missing_shards)
 
-    @api.post("/search", response_model=SearchResponse, dependencies=protected)
+    @api.post("/search", response_model=SearchResponse, dependencies=protected, responses=ERRORS)
     async def search(body: SearchRequest) -> JSONResponse:
         """Encode the query texts and return the top-k passages of each."""
         return JSONResponse(await router.search_texts(body.queries, body.k, body.include_text))
 
-    @api.post("/search_vectors", response_model=SearchResponse, dependencies=protected)
+    @api.post(
+        "/search_vectors", response_model=SearchResponse, dependencies=protected, responses=ERRORS
+    )
     async def search_vectors(body: VectorSearchRequest) -> JSONResponse:
         """Top-k passages for query vectors encoded by the caller."""
         return JSONResponse(await router.search_vectors(body.vectors, body.k, body.include_text))
@@ -139,7 +151,7 @@ def build_api(router: Router) -> FastAPI:
     async def healthz() -> dict:
         return router.health()
 
-    @api.get("/stats", dependencies=protected)
+    @api.get("/stats", dependencies=protected, responses={401: {"model": ErrorBody}})
     async def stats() -> dict:
         """Index manifest, shard sizes, request counts and latency percentiles (this replica)."""
         return router.stats_snapshot()

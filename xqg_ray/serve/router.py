@@ -157,6 +157,8 @@ class SearchRouter:
 
     async def _answer(self, vectors: np.ndarray, k: int, include_text: bool) -> dict:
         scores, ids, missing = await self._search(vectors, k)
+        if not np.isfinite(scores[ids >= 0]).all():
+            raise InputError("vector values too large: scores overflow float32; scale them down")
         if missing:
             self.stats.partial_answers += 1
         pids = self.pid_map.lookup(ids)

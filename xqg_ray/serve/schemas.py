@@ -7,6 +7,8 @@ router, which answers 422 with the same kind of message.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -48,3 +50,12 @@ class Health(BaseModel):
     status: str
     shards: int
     encoder: bool
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a message (or FastAPI's list of validation errors)."""
+
+    detail: str | list[dict[str, Any]] = Field(description="What is wrong with the request.")
+    missing_shards: list[int] | None = Field(
+        default=None, description="503 only: the shards that did not answer."
+    )
