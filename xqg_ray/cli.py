@@ -152,6 +152,9 @@ def demo(
         _print_mixing_sweep(cfg)
     if not no_service_check:
         _print_service_check(cfg)
+    from xqg_ray.bench.report import write_report
+
+    typer.echo(f"report: {write_report(cfg.root, cfg.evaluate.experiment)}")
 
 
 def _print_service_check(cfg: RunConfig) -> None:
