@@ -142,6 +142,23 @@ def test_evaluate_job_runs_under_ray_job_submit(head, built):
     assert set(evaluation["settings"]["de-en"]["strategies"]["xqg"]["per_lang"]) == {"de"}
 
 
+def test_sweep_job_runs_under_ray_job_submit(head, built, tmp_path):
+    address, env = head
+    cfg, config_file, _ = built
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump({"run": {"config": str(config_file)}, "sweeps": {"index": {}}})
+    )
+    done = submit(
+        address, env, "python", "jobs/sweep.py", "--config", str(sweep_file), "--only", "index"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sweep_dir = Path(RunPaths(cfg.root).results(cfg.evaluate.experiment)) / "sweep"
+    rows = json.loads((sweep_dir / "index.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {row["strategy"] for row in rows} == {"dense", "xqg"}
+
+
 def test_job_with_a_bad_config_fails_with_the_field_named(head, tmp_path):
     address, env = head
     bad = tmp_path / "bad.yaml"
