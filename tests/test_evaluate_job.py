@@ -9,7 +9,6 @@ by the evaluation or given by URL; the job script in a subprocess.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from xqg_ray.datasets import load_corpus
 from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
+from xqg_ray.serve.app import free_port
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.search import compare_runs, search_offline
 from xqg_ray.stages.settings_eval import evaluate_settings
@@ -67,12 +67,6 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
         if int(relevance) > 0:
             relevant[qid].add(pid)
     return dict(relevant)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_evaluate(cfg: RunConfig, strategies: list[str], **evaluate) -> RunConfig:

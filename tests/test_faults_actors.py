@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from test_pipeline import tables
 
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
+from xqg_ray.serve.app import free_port
 from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import PartitionedTable
 
@@ -52,12 +52,6 @@ def reference(tmp_path_factory, tiny_models, shared_data):
     )
     build(cfg)
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def part_workers(dashboard: str) -> list[dict]:

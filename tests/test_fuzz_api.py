@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 import xqg_ray
 from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.index import build_shards
-from xqg_ray.serve.app import build_app, run_server
+from xqg_ray.serve.app import build_app, free_port, run_server
 from xqg_ray.serve.config import Limits, ServeConfig
 
 pytestmark = pytest.mark.ray
@@ -33,12 +32,6 @@ DIM = 2  # small, so fuzzed vectors often have the right length and reach the sh
 TOKEN = "tok-7f3a9c-never-logged"
 AWS_SECRET = "aws-secret-5b21e0-never-logged"
 SMALL = {"shard_num_cpus": 0.05, "router_num_cpus": 0.05}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import faiss
@@ -28,7 +27,7 @@ from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
 from xqg_ray.index import build_shards
 from xqg_ray.models.encoder import load_encoder
-from xqg_ray.serve.app import build_app, run_server
+from xqg_ray.serve.app import build_app, free_port, run_server
 from xqg_ray.serve.client import SearchClient, ServiceError
 from xqg_ray.serve.config import Limits, ServeConfig
 
@@ -38,12 +37,6 @@ DIM = 16
 N_VEC = 203  # 4 contiguous shards of 51/51/51/50
 TOKEN = "s3cret-test-token"
 SMALL = {"shard_num_cpus": 0.05, "router_num_cpus": 0.05, "encoder_num_cpus": 0.1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import ray
@@ -11,15 +9,9 @@ from ray import serve
 
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards
-from xqg_ray.serve.app import run_server
+from xqg_ray.serve.app import free_port, run_server
 from xqg_ray.serve.client import SearchClient
 from xqg_ray.serve.config import ServeConfig
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

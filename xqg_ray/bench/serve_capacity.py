@@ -23,10 +23,10 @@ import ray
 from ray import serve
 
 from xqg_ray.bench.harness import format_table, machine_info, write_results
-from xqg_ray.bench.serve_latency import HOST, free_port, http_load, in_process
+from xqg_ray.bench.serve_latency import HOST, http_load, in_process
 from xqg_ray.bench.serve_latency import parse_ints as parse_list
 from xqg_ray.index.shards import build_shards
-from xqg_ray.serve.app import build_app
+from xqg_ray.serve.app import build_app, free_port
 from xqg_ray.serve.config import ServeConfig
 
 APP = "serve-capacity-bench"

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from xqg_ray import storage
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
-from xqg_ray.serve.app import build_app
+from xqg_ray.serve.app import build_app, free_port
 from xqg_ray.serve.config import ServeConfig
 
 HOST = "127.0.0.1"  # loopback only, by design: this script never sends traffic elsewhere
@@ -49,12 +48,6 @@ def summarize(latencies_ms: list[float], wall_s: float) -> dict:
         "mean_ms": round(float(np.mean(latencies_ms)), 3),
         "qps": round(len(latencies_ms) / wall_s, 1),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def synthetic_indexes(n: int, dim: int, shard_counts: list[int], workdir: str) -> list[dict]:

@@ -14,6 +14,7 @@ query encoder). `app_builder` is the same for a Serve config file or a KubeRay R
 
 from __future__ import annotations
 
+import socket
 import time
 
 import ray
@@ -113,6 +114,13 @@ def app_builder(args: dict) -> Application:
     except ValidationError as exc:
         raise ConfigError(f"serve config: {exc}") from exc
     return build_app(cfg)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` right now, for a service started by a test, benchmark or check."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def service_url(cfg: ServeConfig) -> str:

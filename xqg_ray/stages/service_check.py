@@ -6,20 +6,14 @@ the router's merge) must rank exactly as the offline batch search did for the sa
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from xqg_ray.config import RunConfig
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
+from xqg_ray.serve.app import free_port
 from xqg_ray.storage import PartitionedTable
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
@@ -41,7 +35,7 @@ def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10
     serve_cfg = ServeConfig(
         index=index_url,
         corpus=paths.corpus("passages"),
-        port=_free_port(),
+        port=free_port(),
         max_batch_size=max(16, n_queries),
     )
     url = run_server(serve_cfg, blocking=False)

@@ -10,7 +10,6 @@ running one; its `/stats` must report the same index manifest as the one evaluat
 from __future__ import annotations
 
 import os
-import socket
 import string
 from typing import Any
 
@@ -19,16 +18,11 @@ import pyarrow as pa
 from xqg_ray.config import RunConfig
 from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.index.shards import load_manifest
+from xqg_ray.serve.app import free_port
 from xqg_ray.stages.search import RUN_SCHEMA, sorted_run
 
 APP_NAME = "xqg-evaluate"
 TOKEN_ENV = "XQG_RAY_SERVE_TOKEN"  # the bearer token, as `xqg-ray search` reads it
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def hits_table(qids: list[str], results: list[list[dict[str, Any]]]) -> pa.Table:
@@ -127,7 +121,7 @@ class ServiceSearch:
                     "Ray Serve already runs on this cluster: set evaluate.service_url to its "
                     "search application instead of starting another"
                 )
-            self.port = _free_port()
+            self.port = free_port()
         batch = self.cfg.evaluate.service_batch_size
         serve_cfg = ServeConfig(
             index=index_url,
