@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E "^(torch|nvidia|triton|pip|setuptools)[=_ -]" > constraints.txt
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --exclude-editable \
+	  | grep -v -i -E "^(torch|nvidia|triton|pip|setuptools)[=_ -]"; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: setup
 	$(VENV)/bin/xqg-ray demo
