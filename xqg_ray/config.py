@@ -69,6 +69,10 @@ class EncoderConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    engine: Literal["auto", "torch", "ctranslate2", "onnxruntime"] = Field(
+        default="auto",
+        description="hf backend engine: auto = torch on GPU, the fastest measured one on CPU.",
+    )
 
     @property
     def name(self) -> str:
@@ -100,6 +104,20 @@ class GeneratorConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    engine: Literal["auto", "hf", "ctranslate2"] = Field(
+        default="auto",
+        description="hf backend engine: auto = ctranslate2 when importable, else hf generate.",
+    )
+    compute_type: str = Field(
+        default="auto",
+        description="ctranslate2 compute type; auto = int8 on CPU, bfloat16 on CUDA 8.0+.",
+    )
+    fixed_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Benchmarks and cost probes only: every query has exactly this many new "
+        "tokens (EOS suppressed).",
+    )
 
     @property
     def name(self) -> str:
