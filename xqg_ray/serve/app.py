@@ -1,7 +1,9 @@
 """Assemble and run the search application.
 
-`build_app(ServeConfig)` returns the Serve application (router + one deployment per shard + the
-query encoder). `app_builder` is the same for a Serve config file or a KubeRay RayService::
+`build_app(ServeConfig)` returns the Serve application: a router (which encodes queries itself for
+a CPU encoder), one deployment per shard group (a small index is one group, see
+`xqg_ray.serve.layout`), and a query-encoder deployment when the encoder asks for a GPU.
+`app_builder` is the same for a Serve config file or a KubeRay RayService::
 
     applications:
       - name: xqg-search
@@ -14,6 +16,7 @@ query encoder). `app_builder` is the same for a Serve config file or a KubeRay R
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -21,6 +24,8 @@ import ray
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.api import _run as serve_run
+from ray.serve.schema import ApplicationStatus
 
 from xqg_ray import storage
 from xqg_ray.config import EncoderConfig
@@ -29,7 +34,11 @@ from xqg_ray.index.shards import find_index, load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.deployments import QueryEncoder, ShardSearcher, threads_for
+from xqg_ray.serve.layout import Layout, check_fits, group_name, plan_layout
 from xqg_ray.serve.router import SearchRouter
+
+# Serve settings for a Ray this module starts itself (see README, "Serving": measured choice)
+SERVE_ENV: dict[str, str] = {}
 
 
 def encoder_from_manifest(manifest: dict) -> EncoderConfig | None:
@@ -56,10 +65,32 @@ def resolve_corpus(cfg: ServeConfig, index_url: str) -> str:
     return ""
 
 
+def _cluster_resources() -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Ray's total resources and each alive node's; empty when Ray is not connected."""
+    if not ray.is_initialized():
+        return {}, []
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return ray.cluster_resources(), nodes
+
+
+def plan(cfg: ServeConfig, manifest: dict | None = None) -> Layout:
+    """The layout `build_app` deploys for `cfg` (checked against the cluster when connected)."""
+    manifest = manifest or load_manifest(find_index(cfg.index))
+    encoder_cfg = cfg.encoder or encoder_from_manifest(manifest)
+    cluster, nodes = _cluster_resources()
+    layout = plan_layout(cfg, manifest, encoder_cfg, cluster.get("GPU", 0.0))
+    if cluster:
+        check_fits(layout, cluster, nodes)
+    return layout
+
+
 def build_app(cfg: ServeConfig) -> Application:
-    """The search application for `cfg`; the index is located and checked before any replica."""
+    """The search application for `cfg`; the index is located and checked before any replica,
+    and what the application reserves is checked against the Ray cluster when connected."""
     index_url = find_index(cfg.index)
     manifest = load_manifest(index_url)
+    layout = plan(cfg, manifest)
+    reserve = {r.deployment: r for r in layout.reservations}
     batching = {
         "max_batch_size": cfg.max_batch_size,
         "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
@@ -70,29 +101,23 @@ def build_app(cfg: ServeConfig) -> Application:
         if cfg.autoscaling
         else {"num_replicas": cfg.replicas_per_shard}
     )
-    shards = [
+    groups = [
         ShardSearcher.options(
-            name=f"shard-{number:05d}",
-            ray_actor_options={"num_cpus": cfg.shard_num_cpus},
+            name=group_name(shards),
+            ray_actor_options=reserve[group_name(shards)].actor_options(),
             max_ongoing_requests=ongoing,
             **scaling,
-        ).bind(
-            index_url,
-            number,
-            cfg.local_dir or None,
-            cfg.mmap,
-            threads_for(cfg.shard_num_cpus),
-            **batching,
-        )
-        for number in range(len(manifest["shards"]))
+        ).bind(index_url, manifest, shards, cfg.local_dir or None, cfg.mmap, **batching)
+        for shards in layout.groups
     ]
     encoder_cfg = cfg.encoder or encoder_from_manifest(manifest)
     encoder = None
-    if encoder_cfg is not None:
+    if encoder_cfg is not None and not layout.encode_in_router:
+        options = reserve["query-encoder"]
         encoder = QueryEncoder.options(
             name="query-encoder",
             num_replicas=cfg.encoder_replicas,
-            ray_actor_options={"num_cpus": cfg.encoder_num_cpus},
+            ray_actor_options=options.actor_options(),
             max_ongoing_requests=ongoing,
         ).bind(
             encoder_cfg.model_dump(),
@@ -100,11 +125,22 @@ def build_app(cfg: ServeConfig) -> Application:
             threads_for(cfg.encoder_num_cpus),
             **batching,
         )
+    in_router = encoder_cfg.model_dump() if encoder_cfg is not None and encoder is None else None
     return SearchRouter.options(
         name="router",
         num_replicas=cfg.router_replicas,
-        ray_actor_options={"num_cpus": cfg.router_num_cpus},
-    ).bind(cfg.model_dump(), index_url, resolve_corpus(cfg, index_url), shards, encoder)
+        ray_actor_options=reserve["router"].actor_options(),
+        max_ongoing_requests=max(128, 4 * cfg.max_batch_size),
+    ).bind(
+        cfg.model_dump(),
+        index_url,
+        manifest,
+        resolve_corpus(cfg, index_url),
+        layout.describe(),
+        groups,
+        encoder,
+        in_router,
+    )
 
 
 def app_builder(args: dict) -> Application:
@@ -130,25 +166,72 @@ def service_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
+def _wait_running(name: str, timeout_s: float) -> None:
+    """Until the application is RUNNING; a failed or late start raises, naming what is not up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise ConfigError(f"the search service failed to start: {app.message}")
+        if time.monotonic() > deadline:
+            waiting = []
+            if app is not None:
+                waiting = [
+                    f"{deployment} ({info.status}{': ' + info.message if info.message else ''})"
+                    for deployment, info in app.deployments.items()
+                    if info.status != "HEALTHY"
+                ]
+            raise ConfigError(
+                f"the search service did not come up within startup_timeout_s={timeout_s:g} s; "
+                f"not ready: {', '.join(waiting) or 'the application'}. Free resources on the "
+                "Ray cluster (`ray status`), lower the replicas' num_cpus, or raise "
+                "startup_timeout_s"
+            )
+        time.sleep(0.2)
+
+
+def _stop(name: str, started_ray: bool) -> None:
+    """Stop fast: our own local Ray goes down whole; on a shared cluster only our application."""
+    if started_ray:
+        ray.shutdown()
+    elif ray.is_initialized():
+        serve.delete(name, _blocking=False)
+
+
 def run_server(cfg: ServeConfig, blocking: bool = True) -> str:
     """Deploy the application and return its URL; `blocking` waits until Ctrl-C, then stops it.
 
-    Uses the Ray cluster at `RAY_ADDRESS` if set, else starts a local one. HTTP binds to
-    `cfg.host` (127.0.0.1 unless configured otherwise).
+    Uses the Ray cluster at `RAY_ADDRESS` if set (or already connected), else starts a local one
+    with Serve's throughput settings (`SERVE_ENV`). Before deploying, what the application
+    reserves is checked against the cluster (an error names the setting to change); it must be
+    RUNNING within `cfg.startup_timeout_s`. HTTP binds to `cfg.host` (127.0.0.1 by default).
+    Ctrl-C stops it within a few seconds, also during start-up.
     """
-    app = build_app(cfg)
-    if not ray.is_initialized():
-        ray.init()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    load_manifest(find_index(cfg.index))  # a wrong index fails before Ray starts
+    started_ray = False
+    try:
+        if not ray.is_initialized():
+            for key, value in SERVE_ENV.items():  # read by Serve's processes when they start
+                os.environ.setdefault(key, value)
+            ray.init()
+            started_ray = True
+        app = build_app(cfg)
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve_run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, _blocking=False)
+        _wait_running(cfg.app_name, cfg.startup_timeout_s)
+    except BaseException:
+        _stop(cfg.app_name, started_ray)
+        raise
     url = service_url(cfg)
     if blocking:
         print(f"xqg-ray search service at {url} (Ctrl-C to stop)", flush=True)
         try:
             while True:
-                time.sleep(1)
+                time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
+            print("stopping the search service", flush=True)
         finally:
-            serve.delete(cfg.app_name)
+            _stop(cfg.app_name, started_ray)
     return url

@@ -48,13 +48,63 @@ class ServeConfig(_Strict):
         description="Passages table (pid, title, text) for include_text; default: "
         "<run root>/corpus/passages when `index` is a run root.",
     )
-    replicas_per_shard: int = Field(default=1, ge=1)
-    shard_num_cpus: float = Field(default=0.25, gt=0)
+    shards_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="Shards one shard replica holds and searches in parallel threads; default: "
+        "as many as fit `replica_memory_mb` (from the manifest's shard sizes), so a small index "
+        "is one deployment. 1 = a deployment per shard.",
+    )
+    replica_memory_mb: float = Field(
+        default=4096,
+        gt=0,
+        description="Memory budget of one shard replica; sets the default `shards_per_replica`.",
+    )
+    request_memory: bool = Field(
+        default=True,
+        description="Shard replicas ask Ray for memory equal to their shards' bytes, so "
+        "placement never packs more shards on a node than its memory holds.",
+    )
+    search_in_router: bool = Field(
+        default=False,
+        description="The router holds every shard itself (no shard deployments, one hop fewer); "
+        "only for indexes that fit `replica_memory_mb`.",
+    )
+    replicas_per_shard: int = Field(
+        default=1, ge=1, description="Replicas of each shard deployment (one per shard group)."
+    )
+    shard_num_cpus: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs reserved per shard replica; default: 0.25, scaled down so all shard "
+        "replicas together reserve at most `shard_cpu_budget`.",
+    )
+    shard_cpu_budget: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs all shard replicas reserve together when `shard_num_cpus` is unset.",
+    )
     autoscaling: Autoscaling | None = None
+    encode_in_router: bool | None = Field(
+        default=None,
+        description="Encode queries inside the router (no encoder deployment, one hop fewer); "
+        "default: yes for a CPU encoder, a separate encoder deployment when it asks for a GPU.",
+    )
     encoder_replicas: int = Field(default=1, ge=1)
     encoder_num_cpus: float = Field(default=1.0, gt=0)
+    encoder_num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs per encoder replica; default: 1 when the encoder's device is cuda "
+        "(or auto on a cluster with GPUs), else 0.",
+    )
     router_replicas: int = Field(default=1, ge=1)
     router_num_cpus: float = Field(default=0.25, gt=0)
+    startup_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="`xqg-ray serve`: give up (and say which deployment is not up) after this.",
+    )
     max_batch_size: int = Field(
         default=16, ge=1, description="Requests batched together by the encoder and each shard."
     )
@@ -71,7 +121,11 @@ class ServeConfig(_Strict):
         default="partial",
         description="partial: answer with `partial: true` and `missing_shards`; error: HTTP 503.",
     )
-    local_dir: str = Field(default="", description="Where replicas copy remote shards.")
+    local_dir: str = Field(
+        default="",
+        description="Node-local shard cache shared by the replicas of a node (remote shards are "
+        "copied there once, every file checksummed once); default: <tmp>/xqg-ray-shard-cache.",
+    )
     mmap: bool = True
     host: str = Field(default="127.0.0.1", description="HTTP bind address (loopback by default).")
     port: int = Field(default=8000, ge=1, le=65535)

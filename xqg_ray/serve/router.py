@@ -1,9 +1,13 @@
-"""The router ingress: validate, encode, scatter to every shard, merge, answer.
+"""The router ingress: validate, encode, scatter to every shard group, merge, answer.
 
-Each shard deployment is asked concurrently. A failed call is retried (Serve then routes it to a
-live replica) until the shard's deadline; a shard that still has not answered is reported in
-`missing_shards` with `partial: true`, or the request fails with 503 (`on_missing_shard: error`).
-An answer is never silently incomplete.
+Each shard-group deployment is asked concurrently. A failed call is retried (Serve then routes it
+to a live replica) until the group's deadline; the shards of a group that still has not answered
+are reported in `missing_shards` with `partial: true`, or the request fails with 503
+(`on_missing_shard: error`). An answer is never silently incomplete.
+
+Queries are encoded here (batched across concurrent requests) when the layout says so, which is
+the default for a CPU encoder; with `search_in_router` the router also holds the shards itself.
+Passage pids and texts come from a memory-mapped Arrow table (`xqg_ray.serve.corpus`).
 """
 
 from __future__ import annotations
@@ -17,20 +21,20 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from xqg_ray import storage
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.index.search import (
     EntryMap,
     PassageSearch,
-    PidMap,
     check_k,
     check_queries,
     keeps_max,
     merge_topk,
 )
-from xqg_ray.index.shards import load_entry_map, load_manifest, load_pid_map
 from xqg_ray.serve.config import ServeConfig
+from xqg_ray.serve.corpus import PassageLookup, passage_table
+from xqg_ray.serve.deployments import DEFAULT_MAX_BATCH, SHUTDOWN_S, ShardGroup, TextEncoder
 from xqg_ray.serve.http_api import ROUTES, NotSupported, ServiceUnavailable, build_api
+from xqg_ray.serve.shard_cache import load_entry_map_cached
 from xqg_ray.serve.stats import ServiceStats
 
 logger = logging.getLogger("ray.serve")
@@ -55,55 +59,68 @@ def resolve_token(cfg: ServeConfig) -> str | None:
     return None
 
 
-def load_passages(corpus_url: str) -> dict[str, tuple[str, str]]:
-    """pid -> (title, text) of the corpus passages, for answers with `include_text`."""
-    table = storage.read_table(corpus_url, columns=["pid", "title", "text"])
-    return dict(
-        zip(
-            table["pid"].to_pylist(),
-            zip(table["title"].to_pylist(), table["text"].to_pylist(), strict=True),
-            strict=True,
-        )
-    )
-
-
 async def _call(method, *args):
     return await method.remote(*args)
 
 
-@serve.deployment(max_ongoing_requests=128)
+def threads_for_router(cfg: ServeConfig) -> int:
+    """Torch threads of an encoder inside the router: its CPU share, at least one."""
+    return max(1, int(cfg.router_num_cpus))
+
+
+@serve.deployment(max_ongoing_requests=128, graceful_shutdown_timeout_s=SHUTDOWN_S)
 @serve.ingress()
 class SearchRouter:
     def __init__(
         self,
         config: dict,
         index_url: str,
+        manifest: dict,
         corpus_url: str,
-        shards: list[DeploymentHandle],
+        layout: dict,
+        groups: list[DeploymentHandle],
         encoder: DeploymentHandle | None,
+        encoder_config: dict | None = None,
     ):
         self.cfg = ServeConfig.model_validate(config)
         self.limits = self.cfg.limits
         self.token = resolve_token(self.cfg)
         self.index_url = index_url
-        self.manifest = load_manifest(index_url)
-        self.dim = int(self.manifest["dimension"])
-        self.keep_max = keeps_max(self.manifest["metric"])
+        self.manifest = manifest
+        self.layout = layout
+        self.dim = int(manifest["dimension"])
+        self.keep_max = keeps_max(manifest["metric"])
+        self.n_shards = len(manifest["shards"])
         local_dir = self.cfg.local_dir or None
-        pairs = load_entry_map(index_url, self.manifest, local_dir)
+        pairs = load_entry_map_cached(index_url, manifest, local_dir)
         self.entry_map = EntryMap(pairs) if pairs is not None else None
-        self.pid_map = PidMap(load_pid_map(index_url, self.manifest, local_dir))
-        self.passages = load_passages(corpus_url) if corpus_url else None
-        self.shards = shards
+        self.passages = PassageLookup(passage_table(index_url, manifest, corpus_url, local_dir))
+        self.has_corpus = bool(corpus_url)
+        self.group_shards: list[list[int]] = layout["groups"]
+        self.groups = groups
+        self.local = None
+        if layout["search_in_router"]:
+            self.group_shards = [list(range(self.n_shards))]
+            self.local = ShardGroup(
+                index_url, manifest, self.group_shards[0], local_dir, self.cfg.mmap
+            )
         self.encoder = encoder
+        self.text_encoder = None
+        if encoder_config is not None:  # encode in this replica
+            self.text_encoder = TextEncoder(encoder_config, self.dim, threads_for_router(self.cfg))
+        for method in (self._encode_here, self._search_here):
+            method.set_max_batch_size(self.cfg.max_batch_size)
+            method.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.stats = ServiceStats(ROUTES)
 
     def __serve_build_asgi_app__(self):
         return build_api(self)
 
     def check_health(self) -> None:
-        if len(self.shards) != len(self.manifest["shards"]):
-            raise RuntimeError("router has a handle per shard missing")
+        if self.local is not None:
+            self.local.check()
+        elif len(self.groups) != len(self.group_shards):
+            raise RuntimeError("router has a handle per shard group missing")
 
     # ---- request validation -------------------------------------------------------------
 
@@ -113,7 +130,7 @@ class SearchRouter:
                 f"{n_queries} queries in one request; the limit is {self.limits.max_queries}"
             )
         check_k(k, self.limits.max_k)
-        if include_text and self.passages is None:
+        if include_text and not self.has_corpus:
             raise NotSupported(
                 "include_text needs the corpus: start the service with `corpus` (the passages "
                 "table) or with a run root as the index"
@@ -132,7 +149,7 @@ class SearchRouter:
     # ---- search -------------------------------------------------------------------------
 
     async def search_texts(self, queries: list[str], k: int, include_text: bool) -> dict:
-        if self.encoder is None:
+        if self.encoder is None and self.text_encoder is None:
             raise NotSupported(
                 "this service has no query encoder (the index manifest names none and none was "
                 "configured): send vectors to /search_vectors"
@@ -140,9 +157,12 @@ class SearchRouter:
         self._check_request(len(queries), k, include_text)
         self._check_texts(queries)
         try:
-            vectors = await asyncio.wait_for(
-                _call(self.encoder.encode, queries), self.cfg.shard_timeout_s
-            )
+            if self.text_encoder is not None:
+                vectors = await self._encode_here(queries)
+            else:
+                vectors = await asyncio.wait_for(
+                    _call(self.encoder.encode, queries), self.cfg.shard_timeout_s
+                )
         except Exception as exc:
             logger.warning("query encoder failed: %r", exc)
             raise ServiceUnavailable(f"the query encoder failed ({type(exc).__name__})") from exc
@@ -161,16 +181,19 @@ class SearchRouter:
             raise InputError("vector values too large: scores overflow float32; scale them down")
         if missing:
             self.stats.partial_answers += 1
-        pids = self.pid_map.lookup(ids)
+        pids = self.passages.pids(ids)
+        texts = self.passages.texts(ids) if include_text else None
         results = []
-        for row_scores, row_ids, row_pids in zip(scores, ids, pids, strict=True):
+        for row, (row_scores, row_ids, row_pids) in enumerate(zip(scores, ids, pids, strict=True)):
             hits = []
-            for score, passage, pid in zip(row_scores, row_ids, row_pids, strict=True):
+            for column, (score, passage, pid) in enumerate(
+                zip(row_scores, row_ids, row_pids, strict=True)
+            ):
                 if passage < 0:
                     continue
                 hit = {"id": int(passage), "pid": pid, "score": float(score)}
-                if include_text:
-                    hit["title"], hit["text"] = self.passages.get(pid, (None, None))
+                if texts is not None:
+                    hit["title"], hit["text"] = texts[row][column]
                 hits.append(hit)
             results.append(hits)
         return {"results": results, "partial": bool(missing), "missing_shards": missing}
@@ -190,43 +213,63 @@ class SearchRouter:
             plan.add(scores, entry_ids)
         return *plan.result(), sorted(missing)
 
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=0.0)
+    async def _encode_here(self, requests: list[list[str]]) -> list[np.ndarray]:
+        """Concurrent requests' texts encoded in one call, in a thread (the loop stays free)."""
+        return await asyncio.to_thread(self.text_encoder.encode_all, requests)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=0.0)
+    async def _search_here(self, vectors: list[np.ndarray], depths: list[int]) -> list:
+        return await asyncio.to_thread(self.local.search_grouped, vectors, depths)
+
     async def _scatter(self, vectors: np.ndarray, depth: int):
+        if self.local is not None:
+            scores, ids = await self._search_here(vectors, depth)
+            return scores, ids, []
         answers = await asyncio.gather(
-            *(self._ask_shard(number, vectors, depth) for number in range(len(self.shards)))
+            *(self._ask_group(number, vectors, depth) for number in range(len(self.groups)))
         )
-        missing = [number for number, answer in enumerate(answers) if answer is None]
-        if len(missing) == len(self.shards) or (missing and self.cfg.on_missing_shard == "error"):
+        missing = sorted(
+            shard
+            for number, answer in enumerate(answers)
+            if answer is None
+            for shard in self.group_shards[number]
+        )
+        if len(missing) == self.n_shards or (missing and self.cfg.on_missing_shard == "error"):
             raise ServiceUnavailable(f"shards {missing} did not answer", missing)
         scores, ids = merge_topk([a for a in answers if a is not None], depth, self.keep_max)
         return scores, ids, missing
 
-    async def _ask_shard(self, number: int, vectors: np.ndarray, depth: int):
-        """One shard's answer, retried until its deadline; None when it cannot answer."""
+    async def _ask_group(self, number: int, vectors: np.ndarray, depth: int):
+        """One group's answer, retried until its deadline; None when it cannot answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shard_timeout_s
+        shards = self.group_shards[number]
         for attempt in range(self.cfg.shard_retries + 1):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
                 return await asyncio.wait_for(
-                    _call(self.shards[number].search, vectors, depth), remaining
+                    _call(self.groups[number].search, vectors, depth), remaining
                 )
             except TimeoutError:
                 logger.warning(
-                    "shard %d: no answer within %.1f s", number, self.cfg.shard_timeout_s
+                    "shards %s: no answer within %.1f s", shards, self.cfg.shard_timeout_s
                 )
                 break
-            except Exception as exc:  # a dead replica, or a failure inside the shard
-                logger.warning("shard %d: attempt %d failed: %r", number, attempt + 1, exc)
+            except Exception as exc:  # a dead replica, or a failure inside the group
+                logger.warning("shards %s: attempt %d failed: %r", shards, attempt + 1, exc)
                 await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
-        self.stats.shard_failures[number] += 1
+        for shard in shards:
+            self.stats.shard_failures[shard] += 1
         return None
 
     # ---- introspection ------------------------------------------------------------------
 
     def health(self) -> dict:
-        return {"status": "ok", "shards": len(self.shards), "encoder": self.encoder is not None}
+        has_encoder = self.encoder is not None or self.text_encoder is not None
+        return {"status": "ok", "shards": self.n_shards, "encoder": has_encoder}
 
     def stats_snapshot(self) -> dict:
         return {
@@ -241,6 +284,7 @@ class SearchRouter:
                 if self.cfg.autoscaling
                 else self.cfg.replicas_per_shard
             ),
+            "layout": self.layout,
             "router_replica": serve.get_replica_context().replica_id.unique_id,
             **self.stats.snapshot(),
         }
