@@ -1,10 +1,13 @@
 """The search service over real HTTP on loopback: exactness, bad requests, failures, exposure.
 
 Three applications run side by side on one local Ray (2 CPUs):
-- `vec`: 203 random vectors in 4 shards (one replica each), a bearer token, tight limits;
+- `vec`: 203 random vectors in 4 shards, a deployment per shard (`shards_per_replica: 1`, one
+  replica each), a bearer token, tight limits;
 - `xquad`: a run root with the XQuAD English paragraphs encoded by the tiny BERT, 1 shard, the
-  query encoder taken from the manifest, the corpus for include_text;
-- `multi`: a multivector index in 2 shards with 2 replicas each.
+  query encoder taken from the manifest (so it runs inside the router), the corpus for
+  include_text;
+- `multi`: a multivector index in 2 shards, one shard group (the default layout) with 2
+  replicas.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
         shard_timeout_s=3.0,
         shard_retries=1,
         limits=Limits(max_k=250, max_queries=4, max_query_chars=50, max_body_bytes=16_384),
+        shards_per_replica=1,
         **SMALL,
     )
     xquad_cfg = ServeConfig(index=xquad_run["root"], limits=Limits(max_query_chars=200), **SMALL)
@@ -375,7 +379,11 @@ def test_every_deployment_is_healthy(service):
         status = serve.status().applications[app]
         assert status.status == "RUNNING"
         assert {d.status for d in status.deployments.values()} == {"HEALTHY"}
-    assert "query-encoder" in serve.status().applications["xquad"].deployments
+    assert set(serve.status().applications["xquad"].deployments) == {"router", "shard-00000"}
+    assert set(serve.status().applications["multi"].deployments) == {
+        "router",
+        "shards-00000-00001",
+    }  # a small index is one shard group; the CPU encoder runs inside the router
 
 
 def test_latency_bench_loop_measures_the_service(service, xquad_run):
@@ -402,16 +410,20 @@ def replica_actors(app: str, deployment: str) -> list[str]:
 
 def test_killed_replica_is_replaced_by_its_twin(service, multi_data):
     vectors, _, passage_of_entry = multi_data
-    names = replica_actors("multi", "shard-00000")
+    names = replica_actors("multi", "shards-00000-00001")
     assert len(names) == 2
     queries = np.random.default_rng(7).standard_normal((2, DIM)).astype(np.float32)
     before = service["multi"].search_vectors(queries, k=5)
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     for _ in range(8):
-        answer = service["multi"].search_vectors(queries, k=5)
+        try:
+            answer = service["multi"].search_vectors(queries, k=5)
+        except ServiceError as exc:  # the group's only twin is down too: a 503, never silent
+            assert exc.status == 503 and "[0, 1]" in str(exc)
+            continue
         print("partial" if answer["partial"] else "complete", end=" ")
         if answer["partial"]:
-            assert answer["missing_shards"] == [0]
+            assert answer["missing_shards"] == [0, 1]
         else:
             assert answer == before  # complete answers are the exact ones
 

@@ -166,6 +166,21 @@ def service_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
+def _check_free(cfg: ServeConfig) -> None:
+    """What the application reserves must be free now (other work on the cluster holds the rest);
+    a redeployment of a running application is left to Serve, which replaces it in place."""
+    if cfg.app_name in serve.status().applications:
+        return
+    layout = plan(cfg)
+    free = ray.available_resources()
+    try:
+        check_fits(layout, free)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (free now; the rest of the cluster is held by other applications or tasks)"
+        ) from None
+
+
 def _wait_running(name: str, timeout_s: float) -> None:
     """Until the application is RUNNING; a failed or late start raises, naming what is not up."""
     deadline = time.monotonic() + timeout_s
@@ -219,6 +234,7 @@ def run_server(cfg: ServeConfig, blocking: bool = True) -> str:
             started_ray = True
         app = build_app(cfg)
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        _check_free(cfg)
         serve_run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, _blocking=False)
         _wait_running(cfg.app_name, cfg.startup_timeout_s)
     except BaseException:

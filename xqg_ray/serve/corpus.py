@@ -22,11 +22,19 @@ from xqg_ray.serve.shard_cache import DEFAULT_CACHE_DIR, _locked, load_pid_table
 
 
 def _corpus_key(corpus_url: str) -> str:
-    """Identifies a corpus version: its part manifest (or the file itself), hashed."""
-    manifest = storage.join(corpus_url, "manifest.json")
-    if storage.exists(manifest):
-        return storage.sha256_of(manifest)
-    return storage.sha256_of(corpus_url)
+    """Identifies a corpus version: the file's hash, or a part directory's manifest (or its
+    parts' names, sizes and modification times when it has none), hashed."""
+    fs, path = storage.url_to_fs(corpus_url)
+    if fs.isfile(path):
+        return storage.sha256_of(corpus_url)
+    table = storage.PartitionedTable(corpus_url)
+    if storage.exists(table.manifest_url):
+        return storage.sha256_of(table.manifest_url)
+    listing = sorted(
+        (entry["name"], entry.get("size"), str(entry.get("mtime", "")))
+        for entry in fs.ls(path, detail=True)
+    )
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
 def _build(index_url: str, manifest: dict, corpus_url: str, cache_dir: str | None) -> pa.Table:
