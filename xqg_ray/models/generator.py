@@ -2,14 +2,18 @@
 
 `HFGenerator` is the xQG generator: a seq2seq checkpoint (mT5 doc2query) prompted with
 `Generate a {language} question for this passage: {title} {passage}` and sampled with top-k
-(defaults in `GeneratorConfig` are the published settings). Other backends (the lead's
+(defaults in `GeneratorConfig` are the published settings). `CT2Generator` runs the same
+checkpoint through CTranslate2 (converted once, int8 on the CPU), with the same inputs,
+sampling and output; `generator.engine` picks one (`auto`: CTranslate2 when it is installed).
+Every generator says which engine it runs in `engine` (e.g. `ctranslate2-int8`, `hf-float32`),
+so callers can record which engine produced a figure. Other backends (the lead's
 `question_split` stand-in) plug in through `register_generator`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoModelForSeq2SeqLM
@@ -17,6 +21,7 @@ from transformers import AutoModelForSeq2SeqLM
 from xqg_ray.config import GeneratorConfig
 from xqg_ray.errors import ConfigError, ModelError
 from xqg_ray.languages import language_name
+from xqg_ray.models import ct2
 from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.models.loading import (
     from_pretrained,
@@ -28,6 +33,7 @@ from xqg_ray.models.loading import (
 
 class Generator(Protocol):
     name: str
+    engine: str
 
     def generate(
         self, titles: Sequence[str], texts: Sequence[str], language: str
@@ -60,18 +66,12 @@ class HFGenerator:
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg
         self.name = cfg.name
-        build_prompt(cfg.prompt, "en", "", "")  # a bad template fails before any model loads
-        path = resolve_model_path(cfg.model)
-        config = load_model_config(path)
-        if not config.is_encoder_decoder:
-            raise ModelError(
-                f"{cfg.model} is a {config.model_type} checkpoint; the generator needs a "
-                "sequence-to-sequence model (mT5 / T5 style)"
-            )
+        path, _ = _seq2seq_checkpoint(cfg)
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.device)
         if cfg.dtype == "auto" and dtype == torch.float16:
             dtype = torch.float32  # T5-family activations overflow in fp16 and decode garbage
+        self.engine = "hf-" + str(dtype).removeprefix("torch.")
         self.tokenizer = load_tokenizer(path)
         self.model = from_pretrained(AutoModelForSeq2SeqLM.from_pretrained, path, dtype=dtype)
         self.model.to(self.device).eval()
@@ -79,14 +79,15 @@ class HFGenerator:
     def generate(
         self, titles: Sequence[str], texts: Sequence[str], language: str
     ) -> list[list[str]]:
-        if len(titles) != len(texts):
-            raise ValueError(f"{len(titles)} titles for {len(texts)} passages")
-        prompts = [
-            build_prompt(self.cfg.prompt, language, title, text)
-            for title, text in zip(titles, texts, strict=True)
-        ]
+        return _decode(self.tokenizer, self.generate_ids(titles, texts, language))
+
+    def generate_ids(
+        self, titles: Sequence[str], texts: Sequence[str], language: str
+    ) -> list[list[list[int]]]:
+        """For each passage, the token ids of its n queries (no decoder start, EOS or padding)."""
+        prompts = _prompts(self.cfg, titles, texts, language)
         n = self.cfg.queries_per_language
-        results: list[list[str]] = [[] for _ in prompts]
+        results: list[list[list[int]]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
@@ -98,7 +99,7 @@ class HFGenerator:
                     results[i] = queries[position * n : (position + 1) * n]
         return results
 
-    def _generate_batch(self, prompts: list[str]) -> list[str]:
+    def _generate_batch(self, prompts: list[str]) -> list[list[int]]:
         batch = self.tokenizer(
             prompts,
             padding=True,
@@ -107,17 +108,164 @@ class HFGenerator:
             return_tensors="pt",
         ).to(self.device)
         sampling = {"do_sample": True, "top_k": self.cfg.top_k} if self.cfg.do_sample else {}
-        output = self.model.generate(
-            **batch,
-            **sampling,
-            max_new_tokens=self.cfg.max_new_tokens,
-            num_return_sequences=self.cfg.queries_per_language,
+        fixed = self.cfg.fixed_output_tokens
+        lengths = (
+            {"max_new_tokens": fixed, "min_new_tokens": fixed}
+            if fixed
+            else {"max_new_tokens": self.cfg.max_new_tokens}
         )
-        decoded = self.tokenizer.batch_decode(output, skip_special_tokens=True)
-        return [text.strip() for text in decoded]
+        n = self.cfg.queries_per_language
+        output = self.model.generate(
+            **batch, **sampling, **lengths, num_return_sequences=n if self.cfg.do_sample else 1
+        )
+        if not self.cfg.do_sample:  # greedy: one sequence per passage, repeated n times
+            output = output.repeat_interleave(n, dim=0)
+        if fixed:  # every row has exactly `fixed` new tokens: keep them all, pad id included
+            return output[:, 1:].tolist()
+        return [_strip_row(row, self.tokenizer) for row in output[:, 1:].tolist()]
 
 
-GENERATOR_BACKENDS: dict[str, Callable[[GeneratorConfig], Generator]] = {"hf": HFGenerator}
+class CT2Generator:
+    """The same checkpoint, inputs, sampling and output as `HFGenerator`, run by CTranslate2.
+
+    The checkpoint is converted once per compute type (`ct2.ensure_converted`). Inputs are
+    tokenized by the checkpoint's tokenizer with the same truncation (the last kept token is
+    `</s>`); sampling is `beam_size=1, sampling_topk=top_k, num_hypotheses=n`;
+    `max_decoding_length` = `max_new_tokens`, which, as in Hugging Face, counts new tokens
+    including EOS and not the decoder start token. Passages are batched by tokens: up to
+    `batch_size * max_input_length` input tokens per batch, sorted by length. CPU threads come
+    from the actor's share (`ct2.cpu_threads`).
+
+    CTranslate2 seeds a worker thread's random generator once, when the thread first samples;
+    so that every call is seeded with `cfg.seed`, as `HFGenerator`'s is, each call runs on a
+    fresh translator (its weights load from the page cache in well under a second).
+    """
+
+    def __init__(self, cfg: GeneratorConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        path, config = _seq2seq_checkpoint(cfg)
+        self.device = resolve_device(cfg.device)
+        self.compute_type = ct2.resolve_compute_type(cfg.compute_type, self.device)
+        self.engine = f"ctranslate2-{self.compute_type}"
+        self.tokenizer = load_tokenizer(path)
+        self.model_dir = ct2.ensure_converted(
+            path, config, self.compute_type, shown_as=cfg.model, kind="seq2seq"
+        )
+        self._translator()  # a model that does not load fails here, not in the first call
+
+    def _translator(self):
+        import ctranslate2
+
+        return ctranslate2.Translator(
+            self.model_dir,
+            compute_type=self.compute_type,
+            inter_threads=1,
+            **ct2.device_args(self.device),
+        )
+
+    def generate(
+        self, titles: Sequence[str], texts: Sequence[str], language: str
+    ) -> list[list[str]]:
+        return _decode(self.tokenizer, self.generate_ids(titles, texts, language))
+
+    def generate_ids(
+        self, titles: Sequence[str], texts: Sequence[str], language: str
+    ) -> list[list[list[int]]]:
+        """For each passage, the token ids of its n queries (no decoder start, EOS or padding)."""
+        import ctranslate2
+
+        prompts = _prompts(self.cfg, titles, texts, language)
+        if not prompts:
+            return []
+        ids = self.tokenizer(prompts, truncation=True, max_length=self.cfg.max_input_length)
+        source = [self.tokenizer.convert_ids_to_tokens(row) for row in ids["input_ids"]]
+        ctranslate2.set_random_seed(self.cfg.seed)  # read by the fresh translator's thread
+        results = self._translator().translate_batch(
+            source,
+            max_batch_size=self.cfg.batch_size * self.cfg.max_input_length,
+            batch_type="tokens",
+            **decoding_options(self.cfg),
+        )
+        n = self.cfg.queries_per_language
+        out = []
+        for result in results:
+            hypotheses = [self.tokenizer.convert_tokens_to_ids(h) for h in result.hypotheses]
+            out.append(hypotheses * n if len(hypotheses) == 1 and n > 1 else hypotheses)
+        return out
+
+
+def decoding_options(cfg: GeneratorConfig) -> dict:
+    """`translate_batch` options equal to HFGenerator's decoding: top-k sampling (or greedy),
+    n hypotheses, new-token limits (exact with `fixed_output_tokens`), no input truncation
+    (inputs arrive truncated by the tokenizer, `</s>` kept)."""
+    fixed = cfg.fixed_output_tokens
+    options: dict = {
+        "beam_size": 1,
+        "max_input_length": 0,
+        "max_decoding_length": fixed or cfg.max_new_tokens,
+        "min_decoding_length": fixed or 1,
+    }
+    if cfg.do_sample:
+        options |= {"sampling_topk": cfg.top_k, "num_hypotheses": cfg.queries_per_language}
+    else:  # greedy: one hypothesis, repeated n times as Hugging Face returns it
+        options |= {"sampling_topk": 1, "num_hypotheses": 1}
+    return options
+
+
+def _seq2seq_checkpoint(cfg: GeneratorConfig) -> tuple[str, Any]:
+    build_prompt(cfg.prompt, "en", "", "")  # a bad template fails before any model loads
+    path = resolve_model_path(cfg.model)
+    config = load_model_config(path)
+    if not config.is_encoder_decoder:
+        raise ModelError(
+            f"{cfg.model} is a {config.model_type} checkpoint; the generator needs a "
+            "sequence-to-sequence model (mT5 / T5 style)"
+        )
+    return path, config
+
+
+def _prompts(
+    cfg: GeneratorConfig, titles: Sequence[str], texts: Sequence[str], language: str
+) -> list[str]:
+    if len(titles) != len(texts):
+        raise ValueError(f"{len(titles)} titles for {len(texts)} passages")
+    return [
+        build_prompt(cfg.prompt, language, title, text)
+        for title, text in zip(titles, texts, strict=True)
+    ]
+
+
+def _strip_row(row: list[int], tokenizer: Any) -> list[int]:
+    """New tokens up to (not including) the first EOS; padding after it dropped."""
+    eos = tokenizer.eos_token_id
+    return row[: row.index(eos)] if eos in row else row
+
+
+def _decode(tokenizer: Any, ids: list[list[list[int]]]) -> list[list[str]]:
+    """Special tokens stripped, whitespace trimmed; an empty query stays `""`."""
+    return [
+        [text.strip() for text in tokenizer.batch_decode(group, skip_special_tokens=True)]
+        for group in ids
+    ]
+
+
+def hf_backend(cfg: GeneratorConfig) -> Generator:
+    """`generator.backend: hf` on the engine `generator.engine` names (`auto`: CTranslate2 when
+    the package imports, Hugging Face generate otherwise)."""
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "ctranslate2" if ct2.available() else "hf"
+    if engine == "ctranslate2":
+        if not ct2.available():
+            raise ConfigError(
+                "generator.engine: ctranslate2 is not installed (pip install ctranslate2)"
+            )
+        return CT2Generator(cfg)
+    return HFGenerator(cfg)
+
+
+GENERATOR_BACKENDS: dict[str, Callable[[GeneratorConfig], Generator]] = {"hf": hf_backend}
 
 
 def register_generator(backend: str, factory: Callable[[GeneratorConfig], Generator]) -> None:
