@@ -1,5 +1,6 @@
-"""The serve-faults bench: bounded load on loopback while shard replicas are killed; every
-complete answer is exact, every incomplete one flagged, and a wrong unflagged one is a failure."""
+"""The serve-faults bench: bounded load on loopback while replicas are killed, in every layout
+(a deployment per shard, one shard group, shards in the router); every complete answer is exact,
+every incomplete one flagged, and a wrong unflagged one is a failure."""
 
 from __future__ import annotations
 
@@ -33,9 +34,17 @@ def test_classify_counts_a_wrong_unflagged_answer_as_a_failure():
     assert summary["failed"] == summary["wrong_unflagged"] == 1 and summary["succeeded"] == 1
 
 
-def test_killed_shard_replicas_under_load_never_give_a_wrong_answer(tmp_path):
+LAYOUTS = {
+    "per-shard": ["--shards-per-replica", "1", "--replicas", "1"],
+    "one-group": ["--replicas", "2"],  # the default layout: both shards in one group, 2 twins
+    "in-router": ["--search-in-router", "--router-replicas", "2"],
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_killed_replicas_under_load_never_give_a_wrong_answer(tmp_path, layout):
     out = tmp_path / "faults.json"
-    argv = ["--out", str(out), "--n", "3000", "--dim", "16", "--shards", "2", "--replicas", "1"]
+    argv = ["--out", str(out), "--n", "3000", "--dim", "16", "--shards", "2", *LAYOUTS[layout]]
     argv += ["--requests", "240", "--concurrency", "4", "--kills", "2", "--kill-after", "0.2"]
     argv += ["--kill-every", "80", "--max-duration-s", "50", "--shard-timeout-s", "2"]
     result = main(argv)

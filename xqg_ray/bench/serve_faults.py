@@ -2,8 +2,9 @@
 
 The script builds a random-vector index, deploys the service on 127.0.0.1, and sends a fixed
 number of `/search_vectors` requests (`--concurrency` at a time, capped by `--max-duration-s`).
-After `--kill-after` of them have been sent, it kills a replica of a shard (`--kills` times, a
-random shard each time, spaced by `--kill-every`). Every answer is classified against the exact
+After `--kill-after` of them have been sent, it kills a replica holding a random shard (its shard
+group's; a router replica when the router holds the shards), `--kills` times, spaced by
+`--kill-every`. Every answer is classified against the exact
 answer of `ShardedSearcher` in this process:
 
 - succeeded: HTTP 200, not partial, and the same ids and scores as the exact search;
@@ -90,17 +91,32 @@ def classify(status: int, answer: dict, exact_ids: list[int], exact_scores: np.n
     return "succeeded" if exact else "wrong"
 
 
-def replica_names(app: str, shard: int) -> list[str]:
-    prefix = f"SERVE_REPLICA::{app}#shard-{shard:05d}#"
-    return sorted(
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["name"].startswith(prefix)
-    )
+def holds_shard(deployment: str, shard: int) -> bool:
+    """Whether a deployment named by `xqg_ray.serve.layout.group_name` holds `shard`."""
+    parts = deployment.split("-")
+    if parts[0] == "shard":
+        return int(parts[1]) == shard
+    if parts[0] == "shards":
+        return int(parts[1]) <= shard <= int(parts[2])
+    return False
 
 
-def kill_replica(app: str, shard: int) -> str | None:
-    """Kill one live replica of `shard` (Serve's controller starts a replacement)."""
+def replica_names(app: str, shard: int | None) -> list[str]:
+    """Live replicas of the deployment holding `shard` (None: the router's)."""
+    prefix = f"SERVE_REPLICA::{app}#"
+    names = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if not actor["name"].startswith(prefix):
+            continue
+        deployment = actor["name"][len(prefix) :].split("#")[0]
+        if (deployment == "router") if shard is None else holds_shard(deployment, shard):
+            names.append(actor["name"])
+    return sorted(names)
+
+
+def kill_replica(app: str, shard: int | None) -> str | None:
+    """Kill one live replica holding `shard` (None: a router replica, for a layout whose
+    router holds the shards); Serve's controller starts a replacement."""
     names = replica_names(app, shard)
     if not names:
         return None
@@ -124,7 +140,7 @@ async def load_with_kills(
     async def maybe_kill() -> None:
         while kill_at and tally.sent >= kill_at[0]:
             kill_at.pop(0)
-            shard = random.randrange(n_shards)
+            shard = None if args.search_in_router else random.randrange(n_shards)
             name = await asyncio.to_thread(kill_replica, APP, shard)
             kills.append({"after_sent": tally.sent, "shard": shard, "replica": name})
 
@@ -175,6 +191,9 @@ def run(args: argparse.Namespace) -> dict:
         app_name=APP,
         route_prefix="/faults",
         replicas_per_shard=args.replicas,
+        shards_per_replica=args.shards_per_replica,
+        search_in_router=args.search_in_router,
+        router_replicas=args.router_replicas,
         shard_num_cpus=args.shard_num_cpus,
         router_num_cpus=args.shard_num_cpus,
         shard_timeout_s=args.shard_timeout_s,
@@ -202,7 +221,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=20_000, help="Index size (random vectors).")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--replicas", type=int, default=1, help="Replicas per shard.")
+    parser.add_argument("--replicas", type=int, default=1, help="Replicas per shard group.")
+    parser.add_argument(
+        "--shards-per-replica",
+        type=int,
+        default=None,
+        help="Shards per group (default: the service's, as many as fit; 1: one per shard).",
+    )
+    parser.add_argument(
+        "--search-in-router",
+        action="store_true",
+        help="The router holds the shards; kills then hit router replicas.",
+    )
+    parser.add_argument("--router-replicas", type=int, default=1)
     parser.add_argument("--requests", type=int, default=600, help="Requests to send in all.")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-duration-s", type=float, default=120.0)
