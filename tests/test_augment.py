@@ -26,8 +26,8 @@ def test_xqg_sum_as_published():
     mixed = xqg_mix(P, Q, ROWS, alpha=0.5, reduce="sum")
     # passage 0: 0.5*[1,0] + 0.5*([10,0]+[0,10]) = [5.5, 5]
     # passage 1: 0.5*[0,2] + 0.5*[4,4] = [2, 3]
-    # passage 2: no queries -> unchanged [3, 3]
-    np.testing.assert_allclose(mixed, [[5.5, 5.0], [2.0, 3.0], [3.0, 3.0]])
+    # passage 2: no queries -> the formula's (1 - alpha) * [3, 3]
+    np.testing.assert_allclose(mixed, [[5.5, 5.0], [2.0, 3.0], [1.5, 1.5]])
     assert mixed.dtype == np.float32
 
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import tiny_run_config
 
-from xqg_ray.bench.report import write_report
 from xqg_ray.bench.sweep import load_sweep_config, run_sweeps
 from xqg_ray.errors import ConfigError
+from xqg_ray.research.report import write_report
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.settings_eval import evaluate_settings
 

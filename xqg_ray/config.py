@@ -127,16 +127,49 @@ class GeneratorConfig(_Strict):
 
 
 class GeneratorSplitConfig(_Strict):
-    """How the `question_split` stand-in divides human questions: generation vs evaluation."""
+    """How question groups are split: generation (stand-in only), dev (tuning) and test."""
 
     fraction: float = Field(
         default=0.5,
         gt=0,
         lt=1,
-        description="Share of question groups used "
-        "as stand-in generated queries; the rest are evaluated.",
+        description="question_split stand-in: share of each paragraph's question groups used "
+        "as generated queries; the rest are evaluated.",
     )
     seed: int = 0
+
+
+class TuningConfig(_Strict):
+    """Choose xqg's alpha and reduce on a dev split of the evaluated queries, report on test.
+
+    With `dev_fraction` > 0 every reported metric is on the test queries only; the dev queries
+    are used for the grid alone (`stages/tuning.py`).
+    """
+
+    dev_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of the evaluated question groups held out as dev (0 = no dev split, "
+        "no tuning). The split is stratified per paragraph and seeded with split.seed.",
+    )
+    measure: str = Field(default="", description="Measure to maximise; default: the first.")
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7],
+        min_length=1,
+        description="xqg alpha grid.",
+    )
+    reduces: list[Literal["sum", "mean"]] = Field(
+        default_factory=lambda: ["sum", "mean"], min_length=1, description="xqg reduce grid."
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas_in_range(cls, values: list[float]) -> list[float]:
+        bad = [a for a in values if not 0 <= a <= 1]
+        if bad:
+            raise ValueError(f"alphas must lie in [0, 1], got {bad}")
+        return values
 
 
 class StageResources(_Strict):
@@ -237,6 +270,30 @@ class EvaluateConfig(_Strict):
     )
 
 
+class CostConfig(_Strict):
+    """The research report's cost probes (`research/`): real architectures, random weights."""
+
+    enabled: bool = Field(
+        default=False, description="jobs/evaluate.py: measure indexing and query-time cost."
+    )
+    generator_shape: str = Field(
+        default="",
+        description="Generator architecture to time: an HF checkpoint whose config is used with "
+        "random weights; default: the configured checkpoint, or mT5-base for the stand-in.",
+    )
+    encoder_shapes: list[str] = Field(
+        default_factory=lambda: ["configured", "mbert-base"],
+        description="Encoders to time: `configured` (the run's own) and/or `mbert-base`.",
+    )
+    generation_seconds: float = Field(default=45, gt=0, description="Time budget per probe.")
+    encoding_seconds: float = Field(default=8, gt=0, description="Time budget per encoding.")
+    latency_queries: int = Field(default=200, ge=10, description="Queries per latency probe.")
+    service_requests: int = Field(default=100, ge=10, description="Requests to the service.")
+    target_passages: int = Field(
+        default=18_000_000, ge=1, description="Extrapolate costs to this corpus size."
+    )
+
+
 class RunConfig(_Strict):
     """One run: where it lives, what it reads, which models it uses."""
 
@@ -254,6 +311,8 @@ class RunConfig(_Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
 
     @field_validator("root")
     @classmethod

@@ -52,6 +52,7 @@ from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGene
 
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.models.device import resolve_device, resolve_dtype
+from xqg_ray.research.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
 
 GENERATION_SPEEDUP_GOAL = 3.0
 ENCODING_PEAK_GOAL = 0.5
@@ -89,22 +90,6 @@ class Workload:
     encode_naive_batch_size: int = 32
 
 
-MT5_BASE = {
-    "vocab_size": 250112,
-    "d_model": 768,
-    "d_kv": 64,
-    "d_ff": 2048,
-    "num_layers": 12,
-    "num_decoder_layers": 12,
-    "num_heads": 12,
-}
-MBERT_BASE = {
-    "vocab_size": 119547,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-}
 MT5_SMALL = {
     "vocab_size": 1024,
     "d_model": 64,
@@ -134,33 +119,6 @@ SMALL = Workload(
     encode_naive_inputs=16,
     encode_naive_batch_size=8,
 )
-
-
-def mt5_config(shape: dict) -> MT5Config:
-    """google/mt5-base's architecture (untied LM head, gated GELU) with the given sizes."""
-    return MT5Config(
-        **shape,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        relative_attention_num_buckets=32,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-
-
-def bert_config(shape: dict) -> BertConfig:
-    """bert-base-multilingual-cased's architecture with the given sizes."""
-    return BertConfig(
-        **shape,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    )
 
 
 @dataclass(frozen=True)

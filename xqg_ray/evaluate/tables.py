@@ -11,6 +11,16 @@ def display_name(measure: str) -> str:
     return DISPLAY.get(measure, measure)
 
 
+def headline(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any], str]:
+    """A strategy's headline macro values, their t-tests against dense and a label: over the
+    cross-lingual query languages when the setting has monolingual ones too (XOR-Retrieve's
+    convention), else over all languages."""
+    tests = summary.get("ttest_vs_dense", {})
+    if "macro_cross_lingual" in summary:
+        return summary["macro_cross_lingual"], tests.get("cross_lingual", {}), "cross-lingual"
+    return summary["macro"], tests.get("all", {}), "all languages"
+
+
 def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -41,23 +51,33 @@ def strategy_language_table(
                 sum(summary["queries"].values()) if lang == "macro" else summary["queries"][lang]
             )
             rows.append([lang, strategy, *[f"{values[m]:.3f}" for m in measures], str(count)])
+    for strategy in strategies:
+        summary = results[strategy]
+        if "macro_cross_lingual" in summary:
+            values = summary["macro_cross_lingual"]
+            count = sum(summary["queries"][lang] for lang in summary["cross_lingual_languages"])
+            row = ["macro X", strategy, *[f"{values[m]:.3f}" for m in measures], str(count)]
+            rows.append(row)
     return _render(header, rows, markdown)
 
 
 def significance_table(results: dict[str, Any], measures: list[str], markdown: bool = False) -> str:
-    """Each strategy's macro score, its difference from dense, and the paired t-test p-value."""
-    header = ["strategy", *[f"{display_name(m)} (Δ dense, p)" for m in measures]]
+    """Each strategy's headline macro score (cross-lingual languages where the setting also has
+    monolingual ones), its difference from dense, and the paired t-test p-value."""
+    label = headline(next(iter(results.values())))[2] if results else "all languages"
+    header = ["strategy", *[f"{display_name(m)} (Δ dense, p; {label})" for m in measures]]
     rows = []
     base = results.get("dense")
     for strategy, summary in results.items():
+        values, tests, _ = headline(summary)
         cells = [strategy]
         for measure in measures:
-            value = summary["macro"][measure]
-            test = summary.get("ttest_vs_dense", {}).get("all", {}).get(measure)
+            value = values[measure]
+            test = tests.get(measure)
             if base is None or test is None:
                 cells.append(f"{value:.3f}")
             else:
-                delta = value - base["macro"][measure]
+                delta = value - headline(base)[0][measure]
                 cells.append(f"{value:.3f} ({delta:+.3f}, p={test['p']:.2g})")
         rows.append(cells)
     return _render(header, rows, markdown)
@@ -75,7 +95,8 @@ def language_table(results: dict[str, Any], measure: str, markdown: bool = False
     """Rows strategies, columns query languages and the macro average, for one measure; every
     strategy but dense shows its paired t-test p-value against dense (macro: over all queries)."""
     langs = sorted({lang for r in results.values() for lang in r["per_lang"]})
-    header = ["strategy", *langs, "macro"]
+    cross = any("macro_cross_lingual" in r for r in results.values())
+    header = ["strategy", *langs, "macro", *(["macro X (cross-lingual)"] if cross else [])]
     rows = []
     for strategy, summary in results.items():
         tests = summary.get("ttest_vs_dense", {})
@@ -84,6 +105,9 @@ def language_table(results: dict[str, Any], measure: str, markdown: bool = False
             value = summary["per_lang"].get(lang, {}).get(measure)
             cells.append(_cell(value, tests.get(lang, {}).get(measure)))
         cells.append(_cell(summary["macro"][measure], tests.get("all", {}).get(measure)))
+        if cross:
+            value = summary.get("macro_cross_lingual", {}).get(measure)
+            cells.append(_cell(value, tests.get("cross_lingual", {}).get(measure)))
         rows.append(cells)
     return _render(header, rows, markdown)
 

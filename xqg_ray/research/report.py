@@ -1,11 +1,13 @@
 """The research-question report: what each strategy costs and buys, from the measured files only.
 
-    python -m xqg_ray.bench.report --root runs/demo --experiment demo
+    python -m xqg_ray.research.report --root runs/demo --experiment demo
 
-Reads the build's `stats/*.json`, the evaluation's `results/<experiment>/evaluation.json` and the
-sweeps' `results/<experiment>/sweep/*.json` (`bench/sweep.py`), and writes `report.md`, PNG plots
-and `report.json` (the summary table's numbers) beside them. Whatever was not measured is written
-as "not measured"; nothing is estimated or filled in.
+Reads the build's `stats/*.json` and, under `results/<experiment>/`, the evaluation
+(`evaluation.json`, test queries only when a dev split exists), the dev tuning (`xqg_tuning.json`),
+the cost probes (`cost.json`: real architectures, random weights), the query-time probes
+(`latency.json`, `service.json`) and the sweeps (`sweep/*.json`). It writes `report.md`, which
+opens with the answer in sentences built from those figures, PNG plots and `report.json`.
+Whatever was not measured is written as "not measured"; nothing is estimated or filled in.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import argparse
 import io
 from typing import Any
 
-from xqg_ray.bench.harness import machine_info
-from xqg_ray.evaluate.tables import display_name, language_table
+from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
+from xqg_ray.research import answer
 from xqg_ray.storage import (
     exists,
     join,
@@ -26,8 +28,7 @@ from xqg_ray.storage import (
     write_text_atomic,
 )
 
-NOT_MEASURED = "not measured"
-SIGNIFICANCE = 0.05
+NOT_MEASURED = answer.NOT_MEASURED
 # The build stages whose seconds a strategy's index costs (DESIGN section 2): generation, then
 # everything that encodes or mixes vectors for it.
 COST_STAGES = {
@@ -105,13 +106,22 @@ def effectiveness(evaluation: dict[str, Any], strategy: str) -> dict[str, Any]:
     if summary is None:
         return {}
     dense = evaluation["strategies"].get("dense")
+    return effect_of(summary, dense, evaluation["measures"])
+
+
+def effect_of(
+    summary: dict[str, Any], dense: dict[str, Any] | None, measures: list[str]
+) -> dict[str, Any]:
+    """Headline value (cross-lingual macro where it exists), Δ dense and p, per measure."""
+    values, tests, _ = headline(summary)
     out = {}
-    for measure in evaluation["measures"]:
-        value = summary["macro"][measure]
-        test = summary.get("ttest_vs_dense", {}).get("all", {}).get(measure)
+    for measure in measures:
+        test = tests.get(measure)
         out[measure] = {
-            "value": value,
-            "delta_vs_dense": None if dense is None else value - dense["macro"][measure],
+            "value": values[measure],
+            "delta_vs_dense": None
+            if dense is None
+            else values[measure] - headline(dense)[0][measure],
             "p": None if test is None else test["p"],
         }
     return out
@@ -172,10 +182,6 @@ def summary_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
         "index build s",
         "index entries",
         "index bytes",
-        "service p50 ms",
-        "service p99 ms",
-        "service peak QPS",
-        "in-process p50 ms",
         *([f"{display_name(m)} (Δ dense, p)" for m in measures] or ["effectiveness"]),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -187,95 +193,10 @@ def summary_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
             fmt(row["index_build_s"], ".3f"),
             fmt(row["index_entries"], "d"),
             fmt(row["index_bytes"], "d"),
-            fmt(row.get("service_p50_ms"), ".3f"),
-            fmt(row.get("service_p99_ms"), ".3f"),
-            fmt(row.get("service_peak_qps"), ".1f"),
-            fmt(row.get("in_process_p50_ms"), ".3f"),
             *([effect_cell(row["effectiveness"].get(m)) for m in measures] or [NOT_MEASURED]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _percent(value: float, base: float) -> str:
-    return f"{100 * (value - base) / base:+.0f}%" if base else "n/a"
-
-
-def answer(rows: dict[str, dict[str, Any]], measures: list[str]) -> list[str]:
-    """The measured answer, one sentence per strategy against dense, built from the figures."""
-    dense = rows.get("dense")
-    if dense is None:
-        return ["No `dense` baseline in this run: nothing to compare against."]
-    lines = []
-    first = measures[0] if measures else None
-    for strategy, row in rows.items():
-        if strategy == "dense":
-            continue
-        parts = []
-        if row["index_time_s_per_1k"] is not None and dense["index_time_s_per_1k"] is not None:
-            parts.append(
-                f"index-time cost {row['index_time_s_per_1k']:.3f} s per 1,000 passages vs "
-                f"{dense['index_time_s_per_1k']:.3f} for dense "
-                f"({_percent(row['index_time_s_per_1k'], dense['index_time_s_per_1k'])}; "
-                f"generation {row['generation_s_per_1k']:.3f} s of it)"
-            )
-        else:
-            parts.append(f"index-time cost {NOT_MEASURED}")
-        if row["index_entries"] is not None and dense["index_entries"]:
-            ratio = row["index_entries"] / dense["index_entries"]
-            parts.append(
-                f"{row['index_entries']} index entries ({ratio:.2g}x dense), "
-                f"{row['index_bytes']} bytes"
-            )
-        for key, label in (("service_p50_ms", "service"), ("in_process_p50_ms", "in-process")):
-            if row.get(key) is not None and dense.get(key) is not None:
-                parts.append(
-                    f"{label} p50 latency {row[key]:.3f} ms vs {dense[key]:.3f} ms "
-                    f"({_percent(row[key], dense[key])})"
-                )
-                break
-        else:
-            parts.append(f"query latency {NOT_MEASURED}")
-        effect = row["effectiveness"].get(first) if first else None
-        if effect and effect["delta_vs_dense"] is not None and effect["p"] is not None:
-            verdict = "significant" if effect["p"] < SIGNIFICANCE else "not significant"
-            parts.append(
-                f"{display_name(first)} {effect['value']:.3f}, {effect['delta_vs_dense']:+.3f} vs "
-                f"dense (paired t-test p={effect['p']:.3g}, {verdict} at {SIGNIFICANCE})"
-            )
-        else:
-            parts.append(f"effectiveness vs dense {NOT_MEASURED}")
-        lines.append(f"- `{strategy}`: " + "; ".join(parts) + ".")
-    return lines + overall(rows, first)
-
-
-def overall(rows: dict[str, dict[str, Any]], measure: str | None) -> list[str]:
-    """The strategy best on the first measure (said plainly if none beats dense), and the one
-    that added the least index time."""
-    others = {s: r for s, r in rows.items() if s != "dense"}
-    lines = []
-    effects = {
-        s: r["effectiveness"][measure]
-        for s, r in others.items()
-        if measure and r["effectiveness"].get(measure, {}).get("delta_vs_dense") is not None
-    }
-    if effects:
-        best = max(effects, key=lambda s: effects[s]["delta_vs_dense"])
-        delta = effects[best]["delta_vs_dense"]
-        verdict = "beats dense" if delta > 0 else "does not beat dense; closest"
-        lines.append(
-            f"- Best {display_name(measure)} against dense: `{best}` {verdict} "
-            f"({delta:+.3f}, p={effects[best]['p']:.3g})."
-        )
-    costs = {s: r["index_time_s_per_1k"] for s, r in others.items() if r["index_time_s_per_1k"]}
-    dense_cost = rows["dense"]["index_time_s_per_1k"]
-    if costs and dense_cost:
-        cheapest = min(costs, key=costs.get)
-        lines.append(
-            f"- Least added index time: `{cheapest}` ({_percent(costs[cheapest], dense_cost)} "
-            "against dense)."
-        )
-    return lines
 
 
 # --- plots ----------------------------------------------------------------------------------------
@@ -466,43 +387,106 @@ SWEEP_PLOTS = {
 }
 
 
+def _optional(results: str, name: str) -> dict[str, Any] | None:
+    url = join(results, name)
+    return read_json(url) if exists(url) else None
+
+
+def _tuning_section(tuning: dict[str, Any]) -> list[str]:
+    chosen, published = tuning["chosen"], tuning["published"]
+    q = tuning["queries_per_passage"]
+    measure = display_name(tuning["measure"])
+    header = ["reduce", *[f"{a:g}" for a in sorted({r["alpha"] for r in tuning["grid"]})]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    dense = next(r[tuning["measure"]] for r in tuning["grid"] if r["alpha"] == 0.0)
+    for reduce in dict.fromkeys(r["reduce"] for r in tuning["grid"]):
+        values = {r["alpha"]: r[tuning["measure"]] for r in tuning["grid"] if r["reduce"] == reduce}
+        values.setdefault(0.0, dense)
+        lines.append(
+            "| " + " | ".join([reduce, *[f"{values[a]:.3f}" for a in sorted(values)]]) + " |"
+        )
+    return [
+        "## xqg settings chosen on dev",
+        "",
+        f"{measure} on {tuning['dev_queries']} dev queries (alpha 0 is dense); the choice, "
+        f"{chosen['reduce']} at alpha {chosen['alpha']:g} (dev {chosen['dev_value']:.3f}), is "
+        f"then scored once on {tuning['test_queries']} test queries. The published setting is "
+        f"{published['reduce']} at alpha {published['alpha']:g}. Generated queries per passage: "
+        f"{q['min']} to {q['max']} (median {q['median']:g}), "
+        f"{q['passages_without_queries']} passages with none.",
+        "",
+        *lines,
+        "",
+        "![xqg tuning on dev](xqg_tuning.png)",
+        "",
+    ]
+
+
 def write_report(root: str, experiment: str) -> str:
     """Write `<root>/results/<experiment>/report.md` (+ PNGs and report.json); returns its URL."""
     results = RunPaths(root).results(experiment)
     stats = read_stats(root)
-    evaluation_url = join(results, "evaluation.json")
-    evaluation = read_json(evaluation_url) if exists(evaluation_url) else None
+    evaluation = _optional(results, "evaluation.json")
+    tuning = _optional(results, "xqg_tuning.json")
+    cost = _optional(results, "cost.json")
+    latency = _optional(results, "latency.json")
+    service = _optional(results, "service.json")
     sweeps = read_sweeps(results)
     rows = summarize(stats, evaluation, sweeps)
     measures = evaluation["measures"] if evaluation else []
-    machine = machine_info()
+    table = answer.variants(evaluation, tuning, cost, latency)
     lines = [
         f"# Report: {experiment}",
         "",
         "What does query augmentation (`xqg`) cost and buy against passage expansion (`expand`), "
-        "multi-vector indexing (`multivector`) and the `dense` baseline? Every figure below is "
-        f"read from `{root}`: the build's `stats/*.json`, `results/{experiment}/evaluation.json` "
-        f"and `results/{experiment}/sweep/*.json`. Missing inputs say *{NOT_MEASURED}*.",
+        "multi-vector indexing (`multivector`) and the `dense` baseline?",
+        "",
+        "## Answer",
+        "",
+        *answer.sentences(table, evaluation, tuning, cost, latency),
         "",
     ]
     if evaluation:
+        split = "test queries only" if tuning or evaluation.get("split") == "test" else "all"
         lines.append(
-            f"Encoder `{evaluation['encoder']}`, generator `{evaluation['generator']}`; headline "
-            f"setting `{evaluation['headline']}`, {evaluation['judged_queries']} judged queries."
+            f"Effectiveness: encoder `{evaluation['encoder']}`, generator "
+            f"`{evaluation['generator']}`, setting `{evaluation['headline']}`, "
+            f"{evaluation['judged_queries']} judged queries ({split})."
         )
-    passages = next(iter(rows.values()), {}).get("passages")
+    if cost:
+        lines.append(
+            f"Indexing costs: {cost['generation']['model']} on engine "
+            f"`{cost['generation']['engine']}`, encoders {', '.join(cost['encoders'])}, on "
+            f"{cost['hardware']}; the sentences use {next(iter(cost['strategies']))}."
+        )
     lines.append(
-        f"Index-time costs are the build's stage seconds per 1,000 of its {passages} passages "
-        "(generation is shared by `xqg`, `expand` and `multivector`). Report written on "
-        f"{machine['processor']}, {machine['cpu_count']} CPUs ({machine['platform']})."
+        f"Every figure is read from `{root}`; inputs that are missing say *{NOT_MEASURED}*."
     )
-    lines += ["", "## Summary per strategy", "", summary_table(rows, measures), ""]
-    lines.append(
-        "Service latency: one query per request, at the fewest shards, replicas and concurrency "
-        "the search sweep measured; peak QPS over its whole grid."
-    )
-    lines += ["", "## Answer, from these figures", "", *answer(rows, measures), ""]
     plots: dict[str, bytes | None] = {"index_cost": plot_index_cost(rows)}
+    if evaluation and cost:
+        plots["tradeoff"] = answer.plot_tradeoff(table, measures[0], cost)
+        lines += ["", "![effectiveness against indexing cost](tradeoff.png)"]
+    lines += ["", "## Effectiveness on test", "", answer.effect_table(table, measures), ""]
+    if cost:
+        lines += ["## Indexing cost (real architectures, random weights)", ""]
+        lines += [answer.cost_table(cost), "", *answer.cost_notes(cost), ""]
+    if latency:
+        lines += ["## Query-time cost", "", answer.query_table(latency, service), ""]
+        lines += [*answer.query_notes(latency, service), ""]
+    if tuning:
+        lines += _tuning_section(tuning)
+    lines += ["## This run's own build", ""]
+    passages = next(iter(rows.values()), {}).get("passages")
+    lines += [
+        f"Stage seconds per 1,000 of the run's {passages} passages, as the build measured them "
+        f"with its own generator `{(evaluation or {}).get('generator')}` (a stand-in's "
+        "generation is a lookup: see the indexing-cost section for mT5's).",
+        "",
+        summary_table(rows, measures),
+        "",
+    ]
+    if plots["index_cost"]:
+        lines += ["![this build's index-time cost](index_cost.png)", ""]
     if evaluation:
         plots["effectiveness"] = plot_effectiveness(evaluation)
         lines += ["## Effectiveness per query language", ""]
@@ -510,8 +494,6 @@ def write_report(root: str, experiment: str) -> str:
             lines += [f"### {display_name(measure)}", ""]
             lines += [language_table(evaluation["strategies"], measure, markdown=True), ""]
         lines += ["![effectiveness](effectiveness.png)", ""]
-    if plots["index_cost"]:
-        lines += ["![index-time cost](index_cost.png)", ""]
     lines += ["## Sweeps", ""]
     for name in SWEEP_NAMES:
         lines += [f"### {name}", ""]
@@ -539,10 +521,21 @@ def write_report(root: str, experiment: str) -> str:
     for name, png in plots.items():
         if png:
             write_bytes_atomic(join(results, f"{name}.png"), png)
-    write_json_atomic(join(results, "report.json"), {"experiment": experiment, "summary": rows})
+    write_json_atomic(
+        join(results, "report.json"),
+        {"experiment": experiment, "summary": rows, "variants": table},
+    )
     url = join(results, "report.md")
     write_text_atomic(url, "\n".join(lines))
     return url
+
+
+def opening(report_url: str) -> str:
+    """The report's answer section, as the CLI prints it."""
+    from xqg_ray.storage import read_text
+
+    text = read_text(report_url)
+    return text.split("## Answer", 1)[1].split("\n## ", 1)[0].split("![", 1)[0].strip()
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -45,11 +45,11 @@ def xqg_mix(
     alpha: float,
     reduce: str = "sum",
 ) -> np.ndarray:
-    """e'_p = (1 - alpha) e_p + alpha * reduce_j e_q_j; passages without queries stay e_p.
+    """e'_p = (1 - alpha) e_p + alpha * reduce_j e_q_j, exactly the published formula.
 
     The paper sums (not averages) the query embeddings and does not normalise. A passage with no
-    generated query is left unchanged rather than shrunk by (1 - alpha), so it is not penalised
-    against passages that have queries.
+    generated query gets (1 - alpha) e_p, what the formula gives for an empty sum; a real
+    generator gives every passage the same count, so this only arises with a stand-in.
     """
     n, dim = passage_vectors.shape
     totals = np.zeros((n, dim), dtype=np.float64)
@@ -60,7 +60,6 @@ def xqg_mix(
     elif reduce != "sum":
         raise ValueError(f"unknown reduce {reduce!r}: use sum or mean")
     mixed = (1.0 - alpha) * passage_vectors.astype(np.float64) + alpha * totals
-    mixed[counts == 0] = passage_vectors[counts == 0]
     return mixed.astype(np.float32)
 
 

@@ -6,6 +6,9 @@ length (queries 32, passages 128, `expand` longer: DESIGN section 2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,6 +41,14 @@ def expanded_inputs(passages: pa.Table, generated: pa.Table) -> list[str]:
             strict=True,
         )
     ]
+
+
+def encode_unique(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+    """Encode each distinct text once: sampled generators (and the stand-in's draws with
+    replacement) repeat queries, and a repeat's vector is the same."""
+    unique = list(dict.fromkeys(texts))
+    position = {text: i for i, text in enumerate(unique)}
+    return encode(unique)[np.fromiter((position[t] for t in texts), np.int64, len(texts))]
 
 
 def with_vectors(keys: pa.Table, vectors) -> pa.Table:
@@ -75,7 +86,7 @@ class EncodeTask:
             vectors = self.encoder.encode_queries(rows["text"].to_pylist())
             return with_vectors(rows.select(["id", "qid", "lang"]), vectors)
         if self.kind == "generated":
-            vectors = self.encoder.encode_queries(rows["text"].to_pylist())
+            vectors = encode_unique(self.encoder.encode_queries, rows["text"].to_pylist())
             return with_vectors(rows.select(["pid", "lang", "k"]), vectors)
         if self.kind == "passages":
             texts = [

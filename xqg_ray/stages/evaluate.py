@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from statistics import fmean
 from typing import Any
 
 import pyarrow as pa
@@ -67,13 +68,27 @@ def summarize(
     per_query: dict[str, dict[str, dict[str, float]]],
     langs: Mapping[str, str],
     measures: list[str],
+    monolingual: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Each strategy's per-language and macro averages, with t-tests against `dense`."""
+    """Each strategy's per-language and macro averages, with t-tests against `dense`.
+
+    When some query languages search passages of their own language (`monolingual`, en->en in
+    X->en) and others do not, `macro_cross_lingual` averages the others only, and the t-tests
+    get a `cross_lingual` group: XOR-Retrieve's headline averages cross-lingual languages only.
+    """
     results: dict[str, Any] = {}
     for name, scores in per_query.items():
         summary = aggregate(scores, langs)
+        cross = [lang for lang in summary["per_lang"] if lang not in monolingual]
+        if monolingual and cross and len(cross) < len(summary["per_lang"]):
+            summary["macro_cross_lingual"] = {
+                m: fmean(summary["per_lang"][lang][m] for lang in cross) for m in measures
+            }
+            summary["cross_lingual_languages"] = cross
         if BASELINE in per_query and name != BASELINE:
-            summary["ttest_vs_dense"] = significance(scores, per_query[BASELINE], langs, measures)
+            summary["ttest_vs_dense"] = significance(
+                scores, per_query[BASELINE], langs, measures, monolingual
+            )
         results[name] = summary
     return results
 
@@ -83,9 +98,15 @@ def significance(
     baseline: dict[str, dict[str, float]],
     langs: Mapping[str, str],
     measures: list[str],
+    monolingual: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Paired t-test p-values per measure, over all queries and within each language."""
+    """Paired t-test p-values per measure, over all queries, the cross-lingual ones (when some
+    are monolingual) and within each language."""
     groups: dict[str, list[str]] = {"all": list(scores)}
+    if monolingual:
+        cross = [qid for qid in scores if langs[qid] not in monolingual]
+        if cross and len(cross) < len(scores):
+            groups["cross_lingual"] = cross
     for qid in scores:
         groups.setdefault(langs[qid], []).append(qid)
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -10,6 +10,7 @@ from xqg_ray.config import RunConfig
 from xqg_ray.models.question_split import QuestionSplitGenerator
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import GENERATED
+from xqg_ray.stages.roles import run_roles
 from xqg_ray.storage import PartitionedTable, read_table
 
 # (passages of one part, ISO language) -> one list of generated queries per passage
@@ -50,9 +51,9 @@ def build_query_fn(cfg: RunConfig) -> QueryFn:
         standin = QuestionSplitGenerator(
             read_table(paths.corpus("queries")),
             read_table(paths.corpus("qrels")),
-            cfg.split.fraction,
-            cfg.split.seed,
+            run_roles(cfg),
             gen.queries_per_language,
+            cfg.split.seed,
         )
         return lambda passages, lang: standin.generate_for(passages["pid"].to_pylist(), lang)
     from xqg_ray.models.generator import load_generator

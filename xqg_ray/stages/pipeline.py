@@ -11,13 +11,14 @@ import time
 from typing import Any
 
 from xqg_ray.config import RunConfig, StageResources
-from xqg_ray.models.question_split import in_generation_split, question_group
+from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.paths import RunPaths
 from xqg_ray.stages import plan
 from xqg_ray.stages.augment import AugmentTask
 from xqg_ray.stages.encode import EncodeTask
 from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.index import build_index, strategy_params
+from xqg_ray.stages.roles import run_roles, split_meta, uses_standin
 from xqg_ray.stages.runner import run_stage
 from xqg_ray.stages.settings_eval import evaluate_settings
 from xqg_ray.storage import (
@@ -57,14 +58,8 @@ def evaluation_queries(cfg: RunConfig):
     """The queries to evaluate: chosen languages, minus any the stand-in generator folds in."""
     queries = read_table(RunPaths(cfg.root).corpus("queries"))
     queries = plan.filter_languages(queries, cfg.collection.query_languages, "queries")
-    if cfg.generator.backend == "question_split":
-        held_out = [
-            not in_generation_split(question_group(row), cfg.split.fraction, cfg.split.seed)
-            for row in queries.select(
-                [c for c in ("qid", "group") if c in queries.column_names]
-            ).to_pylist()
-        ]
-        queries = queries.filter(held_out)
+    if uses_standin(cfg):
+        queries = with_role(queries, run_roles(cfg), (DEV, TEST))
     return queries
 
 
@@ -82,7 +77,7 @@ def make_plan(cfg: RunConfig) -> tuple[list[str], list[str]]:
     queries = evaluation_queries(cfg)
     query_meta = {
         "languages": cfg.collection.query_languages,
-        "held_out": cfg.split.model_dump() if cfg.generator.backend == "question_split" else None,
+        "held_out": split_meta(cfg),
     }
     query_parts = plan.write_plan(
         plan.with_ids(queries.select(["qid", "lang", "text"])),

@@ -6,7 +6,10 @@ the router's merge) must rank exactly as the offline batch search did for the sa
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import numpy as np
 
 from xqg_ray.config import RunConfig
 from xqg_ray.index.search import ShardedSearcher
@@ -16,9 +19,12 @@ from xqg_ray.serve.app import free_port
 from xqg_ray.storage import PartitionedTable
 
 
-def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
+def check_service(
+    cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10, latency_requests: int = 0
+) -> dict[str, Any]:
     """Serve `strategy`'s index on loopback, send `n_queries` evaluation queries in one request,
-    and count the queries ranked exactly as offline (same pids, scores within 1e-3)."""
+    and count the queries ranked exactly as offline (same pids, scores within 1e-3). With
+    `latency_requests`, then time that many sequential one-query requests of each route."""
     from ray import serve
 
     from xqg_ray.serve.app import run_server
@@ -40,7 +46,9 @@ def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10
     )
     url = run_server(serve_cfg, blocking=False)
     try:
-        answer = SearchClient(url).search(texts["text"].to_pylist(), k=k)
+        client = SearchClient(url)
+        answer = client.search(texts["text"].to_pylist(), k=k)
+        latency = request_latency(client, texts["text"].to_pylist(), encoded, latency_requests, k)
     finally:
         serve.shutdown()
     agree = 0
@@ -57,4 +65,31 @@ def check_service(cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10
         "agree": agree,
         "partial": answer["partial"],
         "max_score_gap": worst,
+        "latency": latency,
     }
+
+
+def request_latency(client, texts: list[str], encoded, requests: int, k: int) -> dict[str, Any]:
+    """p50/p99 of sequential one-query requests: `/search` (text, encoded by the service) and
+    `/search_vectors` (the index path alone). Empty when `requests` is 0."""
+    if requests <= 0:
+        return {}
+    vectors = arrow_to_vectors(encoded["vector"])
+    routes = {
+        "search": lambda i: client.search([texts[i % len(texts)]], k=k),
+        "search_vectors": lambda i: client.search_vectors(vectors[i % len(vectors)][None], k=k),
+    }
+    out = {}
+    for name, call in routes.items():
+        call(0)
+        times = []
+        for i in range(requests):
+            start = time.perf_counter()
+            call(i)
+            times.append(1000 * (time.perf_counter() - start))
+        out[name] = {
+            "p50_ms": float(np.percentile(times, 50)),
+            "p99_ms": float(np.percentile(times, 99)),
+            "requests": requests,
+        }
+    return out

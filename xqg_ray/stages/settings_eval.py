@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig
 from xqg_ray.datasets.settings import Setting, parse_setting
+from xqg_ray.datasets.splits import TEST, with_role
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.evaluate.tables import evaluation_markdown
 from xqg_ray.index.shards import load_manifest
@@ -50,6 +51,7 @@ from xqg_ray.stages.index import (
     index_url,
     languages_label,
 )
+from xqg_ray.stages.roles import run_roles
 from xqg_ray.stages.search import compare_runs, search_offline, write_trec_run
 from xqg_ray.stages.service_search import ServiceSearch
 from xqg_ray.storage import (
@@ -122,12 +124,17 @@ def read_inputs(cfg: RunConfig) -> RunInputs:
         ):
             if values:
                 answers[qid] = values
+    queries = PartitionedTable(paths.queryset).read(columns=["qid", "lang", "text"])
+    vectors = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read(
+        columns=["qid", "lang", "vector"]
+    )
+    if cfg.tuning.dev_fraction > 0:  # dev queries choose settings; only test ones are reported
+        roles = run_roles(cfg)
+        queries, vectors = with_role(queries, roles, [TEST]), with_role(vectors, roles, [TEST])
     return RunInputs(
         collection=PartitionedTable(paths.collection).read(columns=["pid", "lang"]),
-        queries=PartitionedTable(paths.queryset).read(columns=["qid", "lang", "text"]),
-        vectors=PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read(
-            columns=["qid", "lang", "vector"]
-        ),
+        queries=queries,
+        vectors=vectors,
         qrels=read_table(paths.corpus("qrels")),
         answers=answers,
     )
@@ -319,7 +326,7 @@ def evaluate_setting(
         "setting": setting.name,
         "pairs": pair_rows,
         "measures": measures,
-        "strategies": summarize(per_query, langs, measures),
+        "strategies": summarize(per_query, langs, measures, monolingual_languages(setting)),
         "queries": setting_queries.num_rows,
         "judged_queries": len(next(iter(per_query.values()))),
         "passages": len(set(pa.concat_tables(passages)["pid"].to_pylist())),
@@ -327,6 +334,11 @@ def evaluate_setting(
         "generator": cfg.generator.name if _uses_generator(cfg) else None,
     }
     return metrics, setting_runs, setting_qrels, per_query_table(setting.name, per_query, langs)
+
+
+def monolingual_languages(setting: Setting) -> frozenset[str]:
+    """Query languages that search passages of their own language in this setting."""
+    return frozenset(query for query, langs in setting.pairs if query in langs)
 
 
 def ranked_passage_texts(
@@ -401,6 +413,7 @@ def evaluate_settings(cfg: RunConfig) -> dict[str, Any]:
         "headline": settings[0].name,
         "experiment": cfg.evaluate.experiment,
         "via": cfg.evaluate.via,
+        "split": "test" if cfg.tuning.dev_fraction > 0 else "all",
         "settings": by_setting,
         **search_log,
         "config": config,

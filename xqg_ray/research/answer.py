@@ -1,0 +1,326 @@
+"""The report's opening answer and evidence tables, built only from measured files.
+
+One row per variant: `dense`, `xqg` at the published setting, `xqg` at the dev-chosen setting,
+`expand` and `multivector`. Each carries its indexing cost (cost probe, real architectures with
+random weights), its query-time cost (latency probe, service probe) and its effectiveness on the
+test queries with a paired t-test against dense (evaluation, dev tuning).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xqg_ray.evaluate.tables import display_name, headline
+
+NOT_MEASURED = "not measured"
+SIGNIFICANCE = 0.05
+PUBLISHED, CHOSEN = "xqg (published)", "xqg (dev-chosen)"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: s, min, h or days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.1f} s"
+
+
+def _effect(summary: dict[str, Any], dense: dict[str, Any], measures: list[str]) -> dict:
+    values, tests, label = headline(summary)
+    base = headline(dense)[0]
+    return {
+        m: {
+            "value": values[m],
+            "delta": values[m] - base[m],
+            "p": tests.get(m, {}).get("p"),
+            "over": label,
+        }
+        for m in measures
+    }
+
+
+def variants(
+    evaluation: dict[str, Any] | None,
+    tuning: dict[str, Any] | None,
+    cost: dict[str, Any] | None,
+    latency: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """name -> {strategy, setting, effect, cost (per encoder), search}; None where unmeasured."""
+    strategies = list((evaluation or {}).get("strategies", {})) or list(
+        (latency or {}).get("search", {})
+    )
+    names: dict[str, tuple[str, str]] = {}
+    for strategy in strategies:
+        if strategy == "xqg":
+            names[PUBLISHED] = ("xqg", "published")
+            if tuning:
+                names[CHOSEN] = ("xqg", "dev-chosen")
+        else:
+            names[strategy] = (strategy, "")
+    measures = (evaluation or {}).get("measures", [])
+    dense = (evaluation or {}).get("strategies", {}).get("dense")
+    out = {}
+    for name, (strategy, setting) in names.items():
+        effect = None
+        if name == CHOSEN:
+            test = tuning["test"]
+            effect = _effect(test[CHOSEN], test["dense"], tuning["measures"])
+        elif evaluation and dense:
+            effect = _effect(evaluation["strategies"][strategy], dense, measures)
+        costs = {
+            encoder: rows[strategy] for encoder, rows in (cost or {}).get("strategies", {}).items()
+        }
+        out[name] = {
+            "strategy": strategy,
+            "setting": setting,
+            "effect": effect,
+            "cost": costs,
+            "search": (latency or {}).get("search", {}).get(strategy),
+        }
+    return out
+
+
+def setting_text(name: str, evaluation: dict, tuning: dict | None) -> str:
+    if name == PUBLISHED:
+        aug = evaluation["config"]["augment"]
+        return f" at the published setting ({aug['reduce']}, alpha {aug['alpha']:g})"
+    if name == CHOSEN and tuning:
+        chosen = tuning["chosen"]
+        return (
+            f" at the dev-chosen setting ({chosen['reduce']}, alpha {chosen['alpha']:g}, chosen "
+            f"on {tuning['dev_queries']} dev queries)"
+        )
+    return ""
+
+
+def sentences(
+    rows: dict[str, dict[str, Any]],
+    evaluation: dict[str, Any] | None,
+    tuning: dict[str, Any] | None,
+    cost: dict[str, Any] | None,
+    latency: dict[str, Any] | None,
+) -> list[str]:
+    """One sentence per variant against dense: indexing cost as a multiple of dense, query
+    latency difference with its noise band, effectiveness delta on test with its p-value."""
+    dense = rows.get("dense")
+    if dense is None:
+        return ["No `dense` baseline in this run: nothing to compare against."]
+    measure = (evaluation or {}).get("measures", [None])[0]
+    encoder = next(iter((cost or {}).get("strategies", {})), None)
+    target = (cost or {}).get("target_passages")
+    lines = []
+    for name, row in rows.items():
+        if name == "dense":
+            continue
+        parts = []
+        if encoder:
+            mine, base = row["cost"][encoder], dense["cost"][encoder]
+            parts.append(
+                f"indexing costs {mine['x_dense']:.1f}x dense ({mine['seconds_per_1k']:,.0f} s "
+                f"vs {base['seconds_per_1k']:,.1f} s per 1,000 passages; {mine['dominant']} is "
+                f"{mine['dominant_share']:.0%} of it; {duration(mine['seconds_at_target'])} for "
+                f"{target:,} passages on this machine)"
+            )
+        else:
+            parts.append(f"indexing cost {NOT_MEASURED}")
+        if row["search"] and dense["search"]:
+            mine, base = row["search"]["single"]["p50_ms"], dense["search"]["single"]["p50_ms"]
+            noise = max(row["search"]["noise_ms"], dense["search"]["noise_ms"])
+            verdict = "within" if abs(mine - base) <= noise else "outside"
+            parts.append(
+                f"query latency {mine - base:+.3f} ms against dense's {base:.3f} ms in-process "
+                f"search p50 ({verdict} the noise band of ±{noise:.3f} ms; "
+                f"{row['search']['qps_x_dense']:.2f}x dense's QPS)"
+            )
+        else:
+            parts.append(f"query latency {NOT_MEASURED}")
+        effect = (row["effect"] or {}).get(measure) if measure else None
+        if effect and effect["p"] is not None:
+            verdict = "significant" if effect["p"] < SIGNIFICANCE else "not significant"
+            parts.append(
+                f"{display_name(measure)} on test ({effect['over']}) {effect['value']:.3f}, "
+                f"{effect['delta']:+.3f} vs dense (paired t-test p={effect['p']:.2g}, {verdict})"
+            )
+        else:
+            parts.append(f"effectiveness vs dense {NOT_MEASURED}")
+        text = setting_text(name, evaluation, tuning) if evaluation else ""
+        lines.append(f"- **`{row['strategy']}`**{text}: " + "; ".join(parts) + ".")
+    return lines + [verdict_line(rows, measure)]
+
+
+def verdict_line(rows: dict[str, dict[str, Any]], measure: str | None) -> str:
+    """The variant with the best effectiveness delta, and whether it beats dense significantly."""
+    effects = {
+        name: row["effect"][measure]
+        for name, row in rows.items()
+        if name != "dense" and row["effect"] and measure in row["effect"]
+    }
+    if not effects:
+        return f"- Effectiveness against dense: {NOT_MEASURED}."
+    best = max(effects, key=lambda name: effects[name]["delta"])
+    effect = effects[best]
+    winners = [
+        name
+        for name, e in effects.items()
+        if e["delta"] > 0 and e["p"] is not None and e["p"] < SIGNIFICANCE
+    ]
+    if best in winners:
+        others = len(winners) - 1
+        verdict = "beats dense significantly" + (
+            f", by the widest margin of {len(winners)} that do" if others else ", the only one"
+        )
+    elif effect["delta"] > 0:
+        verdict = "comes out ahead of dense, but not significantly"
+    else:
+        verdict = "comes closest, yet no variant beats dense"
+    return (
+        f"- Overall: `{best}` {verdict} on {display_name(measure)} "
+        f"({effect['delta']:+.3f}, p={effect['p']:.2g})."
+    )
+
+
+def cost_table(cost: dict[str, Any]) -> str:
+    """Indexing cost per strategy and encoder: s per 1,000 passages, x dense, at target."""
+    encoders = list(cost["strategies"])
+    header = ["strategy"]
+    for encoder in encoders:
+        header += [f"{encoder}: s / 1k", "x dense", f"at {cost['target_passages']:,}", "dominant"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for strategy in next(iter(cost["strategies"].values())):
+        cells = [f"`{strategy}`"]
+        for encoder in encoders:
+            row = cost["strategies"][encoder][strategy]
+            cells += [
+                f"{row['seconds_per_1k']:,.1f}",
+                f"{row['x_dense']:.1f}",
+                duration(row["seconds_at_target"]),
+                f"{row['dominant']} ({row['dominant_share']:.0%})",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_notes(cost: dict[str, Any]) -> list[str]:
+    gen = cost["generation"]
+    lines = [
+        f"Generation: {gen['model']}, engine `{gen['engine']}`, {gen['queries_per_language']} "
+        f"queries x {gen['languages']} languages per passage, top-k {gen['top_k']} sampling, "
+        f"inputs truncated at {gen['max_input_length']} tokens, outputs fixed at "
+        f"{gen['output_tokens']} tokens: {gen['seconds_per_passage']:.2f} s per passage "
+        f"({gen['passage_languages_timed']} passage-languages timed in {gen['seconds']:.0f} s).",
+    ]
+    for name, enc in cost["encoders"].items():
+        lines.append(
+            f"Encoder {name} ({enc['weights']}, engine `{enc['engine']}`): "
+            f"{1 / enc['passage']['seconds_per_unit']:.1f} passages/s, "
+            f"{1 / enc['query']['seconds_per_unit']:.1f} queries/s, "
+            f"{1 / enc['expanded']['seconds_per_unit']:.2f} expanded passages/s."
+        )
+    lines.append(
+        f"{cost['queries_per_passage']} generated queries per passage; measured on "
+        f"{cost['hardware']}."
+    )
+    return lines
+
+
+def query_table(latency: dict[str, Any], service: dict[str, Any] | None) -> str:
+    header = [
+        "strategy",
+        "index entries",
+        "search p50 ms (± noise)",
+        "search p99 ms",
+        "per query in batches of 32, ms",
+        "QPS (batches of 32)",
+        "p50 x dense",
+        "QPS x dense",
+        "service p50 / p99 ms (text)",
+        "service p50 / p99 ms (vector)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    served = (service or {}).get("strategy")
+    for strategy, row in latency["search"].items():
+        routes = (service or {}).get("latency", {}) if strategy == served else {}
+        cells = [
+            f"`{strategy}`",
+            f"{row['entries']:,}",
+            f"{row['single']['p50_ms']:.3f} (±{row['noise_ms']:.3f})",
+            f"{row['single']['p99_ms']:.3f}",
+            f"{row['batch32_per_query_ms']:.4f}",
+            f"{row['qps_batch32']:,.0f}",
+            f"{row.get('p50_x_dense', 1.0):.2f}",
+            f"{row.get('qps_x_dense', 1.0):.2f}",
+        ]
+        for route in ("search", "search_vectors"):
+            got = routes.get(route)
+            cells.append(f"{got['p50_ms']:.1f} / {got['p99_ms']:.1f}" if got else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def query_notes(latency: dict[str, Any], service: dict[str, Any] | None) -> list[str]:
+    enc = latency["encoder"]
+    lines = [
+        f"Query encoding ({enc['name']}, engine `{enc['engine']}`), the same for every strategy: "
+        f"p50 {enc['single']['p50_ms']:.2f} ms, p99 {enc['single']['p99_ms']:.2f} ms one query "
+        f"at a time; {enc['batch32_per_query_ms']:.2f} ms per query in batches of 32.",
+        f"Search: in-process FAISS ({latency['faiss_threads']} thread), k = {latency['k']}, "
+        f"{latency['queries']} test queries x {latency['rounds']} interleaved rounds; the noise "
+        "band is half the spread of the per-round medians. Measured on "
+        f"{latency['hardware']}.",
+    ]
+    if service:
+        lines.append(
+            f"Service: `{service['strategy']}` index behind Ray Serve on loopback, sequential "
+            "one-query requests; text requests include the service's own query encoding. "
+            f"{service['agree']}/{service['queries']} queries ranked exactly as offline."
+        )
+    return lines
+
+
+def effect_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
+    header = ["variant", *[f"{display_name(m)} (Δ dense, p)" for m in measures]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [f"`{name}`"]
+        for measure in measures:
+            effect = (row["effect"] or {}).get(measure)
+            if not effect:
+                cells.append(NOT_MEASURED)
+            elif name == "dense" or effect["p"] is None:
+                cells.append(f"{effect['value']:.3f}")
+            else:
+                cells.append(f"{effect['value']:.3f} ({effect['delta']:+.3f}, p={effect['p']:.2g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: dict[str, dict[str, Any]], measure: str, cost: dict[str, Any]) -> bytes:
+    """Effectiveness on test against indexing cost: one point per variant and encoder."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    markers = dict(zip(cost["strategies"], "os^D", strict=False))
+    for i, (name, row) in enumerate(rows.items()):
+        effect = (row["effect"] or {}).get(measure)
+        if not effect:
+            continue
+        for encoder, marker in markers.items():
+            x = row["cost"][encoder]["seconds_per_1k"]
+            label = f"{name}, {encoder}" if len(markers) > 1 else name
+            ax.scatter([x], [effect["value"]], marker=marker, color=f"C{i}", s=60, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"indexing cost, s per 1,000 passages ({cost['hardware']})", fontsize=8)
+    ax.set_ylabel(f"{display_name(measure)} on test")
+    gen = cost["generation"]
+    ax.set_title(f"effectiveness vs indexing cost; generation {gen['model']}", fontsize=8)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,119 @@
+"""Random-weight checkpoints of the real architectures, built offline: they measure cost only.
+
+Throughput does not depend on the weights (DESIGN section 5 of the team's notes; see
+docs/architecture.md), so the research report times generation and encoding with models of the
+published shapes (`google/mt5-base`, `bert-base-multilingual-cased`) and random weights, saved
+with `save_pretrained` and loaded back through the product's own loading code and engines. Their
+outputs are meaningless: never use them to measure quality. The tokenizer is the offline
+SentencePiece model of `models/tiny.py` (trained on XQuAD): its ids fit in any vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    BertConfig,
+    MT5Config,
+    PretrainedConfig,
+)
+
+from xqg_ray.models.loading import model_cache_dir
+
+MT5_BASE = {
+    "vocab_size": 250112,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+}
+MBERT_BASE = {
+    "vocab_size": 119547,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
+SHAPE_NAMES = {"mt5-base": "mT5-base", "mbert-base": "mBERT-base"}
+
+
+def mt5_config(shape: dict) -> MT5Config:
+    """google/mt5-base's architecture (untied LM head, gated GELU) with the given sizes."""
+    return MT5Config(
+        **shape,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        relative_attention_num_buckets=32,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def bert_config(shape: dict) -> BertConfig:
+    """bert-base-multilingual-cased's architecture with the given sizes."""
+    return BertConfig(
+        **shape,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
+
+
+def named_config(name: str) -> PretrainedConfig:
+    """`mt5-base`, `mbert-base`, or any checkpoint whose config loads offline (name or path)."""
+    if name == "mt5-base":
+        return mt5_config(MT5_BASE)
+    if name == "mbert-base":
+        return bert_config(MBERT_BASE)
+    return AutoConfig.from_pretrained(name)
+
+
+def random_checkpoint(config: PretrainedConfig, cache_dir: str | os.PathLike | None = None) -> str:
+    """A `save_pretrained` folder with `config`'s architecture, random (seeded) weights and the
+    offline tokenizer; built once per config and reused (atomic rename: concurrent-safe)."""
+    from xqg_ray.models import tiny
+
+    encoder_decoder = bool(config.is_encoder_decoder)
+    recipe = json.dumps({"config": config.to_dict(), "tiny": tiny.BUILD_VERSION}, sort_keys=True)
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else model_cache_dir().parent / "shapes"
+    target = root / f"{config.model_type}-{digest}"
+    if target.is_dir():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-shape-", dir=root))
+    try:
+        # the offline tokenizer (its ids are < 1,003, inside any real vocabulary)
+        build = tiny.build_tiny_mt5 if encoder_decoder else tiny.build_tiny_bert
+        build(str(staging))
+        for weights in staging.glob("*.safetensors"):
+            weights.unlink()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModel
+            model_class.from_config(config).save_pretrained(str(staging))
+        staging.chmod(0o755)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
