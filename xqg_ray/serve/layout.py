@@ -13,6 +13,7 @@ change, instead of letting Serve wait forever for replicas it cannot place. Impo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from xqg_ray.config import EncoderConfig
@@ -20,7 +21,7 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.serve.config import ServeConfig
 
 DEFAULT_SHARD_CPUS = 0.25  # per shard replica, before scaling to `shard_cpu_budget`
-MIN_SHARD_CPUS = 0.01  # Ray's resource granularity is 1e-4; keep shares readable
+MIN_SHARD_CPUS = 0.0001  # Ray's resource granularity
 MEMORY_OVERHEAD = 1.1  # FAISS structures beyond the serialized bytes, plus the replica itself
 
 
@@ -123,7 +124,7 @@ def plan_layout(
         share = cfg.shard_num_cpus
         if share is None:
             share = min(DEFAULT_SHARD_CPUS, cfg.shard_cpu_budget / (len(groups) * shard_replicas))
-            share = max(MIN_SHARD_CPUS, round(share, 4))
+            share = max(MIN_SHARD_CPUS, math.floor(share / MIN_SHARD_CPUS) * MIN_SHARD_CPUS)
         for group in groups:
             group_bytes = sum(int(manifest["shards"][s]["bytes"]) for s in group)
             memory = int(group_bytes * MEMORY_OVERHEAD) if cfg.request_memory else 0
