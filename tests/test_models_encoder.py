@@ -31,7 +31,9 @@ def bert_dir(tiny_models) -> str:
 
 
 def hf_config(model: str, **overrides) -> EncoderConfig:
-    return EncoderConfig(backend="hf", model=model, **overrides)
+    """The torch engine unless overridden: other engines are compared with it in
+    tests/test_engines_encoder.py."""
+    return EncoderConfig(backend="hf", model=model, **({"engine": "torch"} | overrides))
 
 
 @pytest.fixture(scope="module")

