@@ -143,19 +143,21 @@ def expected_summary(root: Path) -> dict[str, dict]:
         "expand": per_1k("augment-expand"),
         "multivector": per_1k("encode-passages", "encode-generated", "augment-multivector"),
     }
-    dense = evaluation["strategies"]["dense"]["macro"]
+    # the headline is the cross-lingual macro (de -> en here; en -> en is monolingual)
+    dense = evaluation["strategies"]["dense"]["macro_cross_lingual"]
     out = {}
     for strategy, enc in encoding.items():
         summary = evaluation["strategies"][strategy]
+        tests = summary.get("ttest_vs_dense", {}).get("cross_lingual", {})
         out[strategy] = {
             "generation": 0.0 if strategy == "dense" else per_1k("generate"),
             "encoding": enc,
             "index": stats["index"][strategy],
             "effect": {
                 m: (
-                    summary["macro"][m],
-                    summary["macro"][m] - dense[m],
-                    summary.get("ttest_vs_dense", {}).get("all", {}).get(m, {}).get("p"),
+                    summary["macro_cross_lingual"][m],
+                    summary["macro_cross_lingual"][m] - dense[m],
+                    tests.get(m, {}).get("p"),
                 )
                 for m in ("R@1", "R@10")
             },
@@ -164,7 +166,7 @@ def expected_summary(root: Path) -> dict[str, dict]:
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
-    section = markdown.split("## Summary per strategy", 1)[1].split("\n\n", 2)[1]
+    section = markdown.split("## This run's own build", 1)[1].split("\n\n", 3)[2]
     rows = {}
     for line in section.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -188,10 +190,7 @@ def test_summary_table_equals_the_measured_files(run):
         assert cells[1] == f"{want['encoding']:.3f}"
         assert cells[2] == f"{want['index']['seconds']:.3f}"
         assert cells[3:5] == [str(want["index"]["entries"]), str(want["index"]["bytes"])]
-        # the search sweep ran in-process only: service figures are not measured, never made up
-        assert cells[5:8] == ["not measured"] * 3
-        assert float(cells[8]) > 0
-        for cell, (value, delta, p) in zip(cells[9:], want["effect"].values(), strict=True):
+        for cell, (value, delta, p) in zip(cells[5:], want["effect"].values(), strict=True):
             assert cell.startswith(f"{value:.3f}")
             if p is not None:
                 assert f"({delta:+.3f}, p={p:.3g})" in cell
@@ -205,10 +204,12 @@ def test_report_plots_are_png_and_missing_sweeps_say_not_measured(run):
         assert (run["report"].parent / name).read_bytes().startswith(PNG_MAGIC), name
     scaling = text.split("### scaling", 1)[1]
     assert scaling.strip().startswith("not measured")
-    answer = text.split("## Answer, from these figures", 1)[1].split("##", 1)[0]
+    answer = text.split("## Answer", 1)[1].split("##", 1)[0]
     for strategy in ("xqg", "expand", "multivector"):
-        line = next(x for x in answer.splitlines() if x.startswith(f"- `{strategy}`"))
-        assert "vs dense" in line and "in-process p50 latency" in line
+        line = next(x for x in answer.splitlines() if x.startswith(f"- **`{strategy}`**"))
+        # no cost or latency probe ran here: the answer says so instead of making figures up
+        assert "indexing cost not measured" in line and "query latency not measured" in line
+        assert "vs dense (paired t-test p=" in line
 
 
 def test_a_bad_sweep_key_is_a_config_error_naming_it(tmp_path):

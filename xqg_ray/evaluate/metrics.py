@@ -322,11 +322,34 @@ def xor_word_tokenize(text: str) -> list[str]:
     ``word_tokenize(text, preserve_line=True)``: identical tokens except that a sentence-final
     period inside the text stays attached to its word ("1775." rather than "1775", "."). A
     passage of S sentences therefore counts S-1 tokens fewer, and answer substrings match the
-    same way unless an answer itself ends with such a period. Pass
-    ``tokenize=nltk.word_tokenize`` to the R@kt functions where Punkt is installed to reproduce
-    the official numbers exactly.
+    same way unless an answer itself ends with such a period. The R@kt functions use
+    ``official_tokenizer()`` unless told otherwise: ``nltk.word_tokenize`` itself where Punkt is
+    installed, which reproduces the official numbers exactly, and this function elsewhere.
     """
     return _word_tokenizer.tokenize(text)
+
+
+def punkt_installed() -> bool:
+    """Whether NLTK's Punkt sentence model is on this machine (a separate download)."""
+    import nltk
+
+    for resource in ("tokenizers/punkt_tab/english/", "tokenizers/punkt/english.pickle"):
+        try:
+            nltk.data.find(resource)
+            return True
+        except LookupError:
+            continue
+    return False
+
+
+def official_tokenizer() -> Callable[[str], list[str]]:
+    """The official script's `nltk.word_tokenize` where Punkt is installed, else the Treebank
+    path of `xor_word_tokenize` (what offline machines can run)."""
+    if punkt_installed():
+        import nltk
+
+        return nltk.word_tokenize
+    return xor_word_tokenize
 
 
 def _kt_name(max_tokens: int) -> str:
@@ -337,8 +360,9 @@ def _hits_at_budgets(
     ranked_texts: Mapping[str, Sequence[str]],
     answers: Mapping[str, Sequence[str]],
     budgets: Sequence[int],
-    tokenize: Callable[[str], list[str]],
+    tokenize: Callable[[str], list[str]] | None,
 ) -> dict[str, list[float]]:
+    tokenize = tokenize or official_tokenizer()
     if not budgets or min(budgets) < 1:
         raise ConfigError(f"token budgets must be positive, got {list(budgets)}")
     largest = max(budgets)
@@ -366,7 +390,7 @@ def recall_at_kt(
     ranked_texts: Mapping[str, Sequence[str]],
     answers: Mapping[str, Sequence[str]],
     max_tokens: int,
-    tokenize: Callable[[str], list[str]] = xor_word_tokenize,
+    tokenize: Callable[[str], list[str]] | None = None,
 ) -> dict[str, float]:
     """Per-question hit (1.0 or 0.0) of the XOR-Retrieve R@kt measure for one token budget.
 
@@ -388,7 +412,7 @@ def xor_retrieve_recall(
     ranked_texts: Mapping[str, Sequence[str]],
     answers: Mapping[str, Sequence[str]],
     budgets: Sequence[int] = (2000, 5000),
-    tokenize: Callable[[str], list[str]] = xor_word_tokenize,
+    tokenize: Callable[[str], list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-question R@2kt and R@5kt hits (keys ``"R@2kt"``, ``"R@5kt"``), tokenising once.
 

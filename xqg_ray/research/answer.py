@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xqg_ray.config import STRATEGIES
 from xqg_ray.evaluate.tables import display_name, headline
 
 NOT_MEASURED = "not measured"
@@ -46,9 +47,10 @@ def variants(
     latency: dict[str, Any] | None,
 ) -> dict[str, dict[str, Any]]:
     """name -> {strategy, setting, effect, cost (per encoder), search}; None where unmeasured."""
-    strategies = list((evaluation or {}).get("strategies", {})) or list(
+    measured = set((evaluation or {}).get("strategies", {})) or set(
         (latency or {}).get("search", {})
     )
+    strategies = [s for s in STRATEGIES if s in measured]  # JSON files keep keys sorted
     names: dict[str, tuple[str, str]] = {}
     for strategy in strategies:
         if strategy == "xqg":

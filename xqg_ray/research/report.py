@@ -460,7 +460,8 @@ def write_report(root: str, experiment: str) -> str:
             f"{cost['hardware']}; the sentences use {next(iter(cost['strategies']))}."
         )
     lines.append(
-        f"Every figure is read from `{root}`; inputs that are missing say *{NOT_MEASURED}*."
+        f"Every figure is read from the measured files under `{root}`; nothing is estimated, and "
+        "a figure whose input is missing is marked as such."
     )
     plots: dict[str, bytes | None] = {"index_cost": plot_index_cost(rows)}
     if evaluation and cost:

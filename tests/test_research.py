@@ -1,0 +1,199 @@
+"""Dev tuning, the cost and query-time probes and the report, on a tiny built run (no Ray).
+
+The tiny models are random: figures here test the code paths, never retrieval quality or speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import tiny_run_config
+
+from xqg_ray.datasets.splits import DEV, GENERATION, TEST
+from xqg_ray.evaluate.tables import headline
+from xqg_ray.paths import RunPaths
+from xqg_ray.research import study
+from xqg_ray.research.cost import measure_indexing_cost, strategy_costs
+from xqg_ray.research.latency import measure_query_cost
+from xqg_ray.research.report import opening, write_report
+from xqg_ray.stages import tuning
+from xqg_ray.stages.pipeline import build
+from xqg_ray.stages.roles import run_roles
+from xqg_ray.stages.settings_eval import evaluate_settings
+from xqg_ray.storage import PartitionedTable, read_table, write_table
+
+EXPERIMENT = "research"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(root: str, tiny_models, shared_data, **extra):
+    return tiny_run_config(
+        root,
+        tiny_models,
+        shared_data,
+        ray={"enabled": False},
+        generator={"backend": "question_split", "languages": ["de"], "queries_per_language": 3},
+        tuning={"dev_fraction": 0.3, "alphas": [0.01, 0.3], "reduces": ["sum", "mean"]},
+        evaluate={"experiment": EXPERIMENT, "measures": ["R@1", "RR@10"]},
+        cost={
+            "generator_shape": tiny_models["mt5"],
+            "encoder_shapes": ["configured"],
+            "generation_seconds": 0.2,
+            "encoding_seconds": 0.1,
+            "latency_queries": 10,
+        },
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_models, shared_data):
+    folder = tmp_path_factory.mktemp("research")
+    cfg = _config(str(folder / "run"), tiny_models, shared_data)
+    build(cfg)
+    evaluation = evaluate_settings(cfg)
+    return {"cfg": cfg, "evaluation": evaluation, "tuning": study.tune(cfg), "folder": folder}
+
+
+def test_evaluation_reports_test_queries_only(run):
+    cfg = run["cfg"]
+    roles = run_roles(cfg)
+    per_query = pa.parquet.read_table(
+        Path(RunPaths(cfg.root).results(EXPERIMENT)) / "per_query.parquet"
+    )
+    scored = set(per_query["qid"].to_pylist())
+    assert scored and {roles[q] for q in scored} == {TEST}
+    planned = set(PartitionedTable(RunPaths(cfg.root).queryset).read()["qid"].to_pylist())
+    assert {roles[q] for q in planned} == {DEV, TEST}  # generation questions are never evaluated
+    assert run["evaluation"]["split"] == "test"
+
+
+def test_x_en_headline_averages_the_cross_lingual_language_only(run):
+    dense = run["evaluation"]["strategies"]["dense"]
+    assert dense["cross_lingual_languages"] == ["de"]
+    assert dense["macro_cross_lingual"] == dense["per_lang"]["de"]
+    assert "cross_lingual" in run["evaluation"]["strategies"]["xqg"]["ttest_vs_dense"]
+
+
+def test_dev_grid_and_choice(run):
+    result = run["tuning"]
+    grid = {(row["reduce"], row["alpha"]): row for row in result["grid"]}
+    assert set(grid) == {("sum", 0.0), ("sum", 0.01), ("sum", 0.3), ("mean", 0.01), ("mean", 0.3)}
+    best = max(row["R@1"] for (_, alpha), row in grid.items() if alpha > 0)
+    chosen = result["chosen"]
+    assert grid[(chosen["reduce"], chosen["alpha"])]["R@1"] == best == chosen["dev_value"]
+    assert result["dev_queries"] > 0 and result["test_queries"] > result["dev_queries"]
+    assert set(result["test"]) == {"dense", tuning.PUBLISHED, tuning.CHOSEN}
+    assert "ttest_vs_dense" in result["test"][tuning.CHOSEN]
+    written = Path(RunPaths(run["cfg"].root).results(EXPERIMENT))
+    assert (written / "xqg_tuning.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_published_setting_on_test_agrees_with_the_evaluation(run):
+    # two code paths (exact re-mix here, the sharded index in the evaluation) on the same queries
+    mixed = headline(run["tuning"]["test"][tuning.PUBLISHED])[0]
+    indexed = headline(run["evaluation"]["strategies"]["xqg"])[0]
+    dense = headline(run["tuning"]["test"]["dense"])[0]
+    for measure in ("R@1", "RR@10"):
+        assert mixed[measure] == pytest.approx(indexed[measure], abs=0.02)
+        assert dense[measure] == pytest.approx(
+            headline(run["evaluation"]["strategies"]["dense"])[0][measure], abs=0.02
+        )
+
+
+def test_the_dev_choice_never_reads_test_queries(run, tmp_path):
+    """Scramble every test query's vector in a copy of the run: the dev grid and the choice stay
+    exactly the same, while the test figures change."""
+    cfg = run["cfg"]
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.root, copy)
+    moved = cfg.model_copy(update={"root": str(copy)})
+    url = RunPaths(str(copy)).embeddings(cfg.encoder.name, "queries")
+    table = PartitionedTable(url).read()
+    roles = run_roles(moved)
+    vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    is_test = np.array([roles[q] == TEST for q in table["qid"].to_pylist()])
+    vectors[is_test] = rng.standard_normal((int(is_test.sum()), vectors.shape[1]))
+    scrambled = table.set_column(
+        table.schema.get_field_index("vector"),
+        "vector",
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+    )
+    shutil.rmtree(copy / url.split(str(copy) + "/", 1)[1])
+    write_table(url, scrambled, meta={})
+    again = tuning.tune_xqg(moved)
+    assert again["grid"] == run["tuning"]["grid"]
+    assert again["chosen"] == run["tuning"]["chosen"]
+    assert again["test"] != run["tuning"]["test"]
+
+
+def test_no_generation_question_is_folded_into_the_evaluated_ones(run):
+    cfg = run["cfg"]
+    roles = run_roles(cfg)
+    queries = read_table(RunPaths(cfg.root).corpus("queries"))
+    text_role = {}
+    for qid, text in zip(queries["qid"].to_pylist(), queries["text"].to_pylist(), strict=True):
+        text_role.setdefault(text, set()).add(roles[qid])
+    generated = PartitionedTable(RunPaths(cfg.root).generated(cfg.generator.name)).read()
+    for text in set(generated["text"].to_pylist()):
+        assert GENERATION in text_role[text]
+
+
+def test_strategy_costs_compose_the_measured_rates():
+    rates = {
+        "passage": {"seconds_per_unit": 0.1},
+        "query": {"seconds_per_unit": 0.01},
+        "expanded": {"seconds_per_unit": 0.4},
+    }
+    costs = strategy_costs(2.0, rates, 35, target=1000)
+    assert costs["dense"]["seconds_per_1k"] == pytest.approx(100)
+    assert costs["xqg"]["seconds_per_1k"] == pytest.approx(1000 * (2.0 + 0.1 + 0.35))
+    assert costs["expand"]["x_dense"] == pytest.approx(24.0)
+    assert costs["multivector"]["dominant"] == "generate"
+    assert costs["xqg"]["seconds_at_target"] == pytest.approx(2450)
+
+
+def test_cost_probe_runs_with_the_tiny_mt5(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("XQG_RAY_CACHE", str(tmp_path / "cache"))
+    cost = measure_indexing_cost(run["cfg"], "test machine")
+    generation = cost["generation"]
+    assert generation["seconds_per_passage"] > 0 and generation["passage_languages_timed"] >= 2
+    assert generation["output_tokens"] >= 2 and generation["languages"] == 1
+    assert generation["engine"] and "random weights" in generation["model"]
+    assert cost["queries_per_passage"] == 3
+    rows = cost["strategies"][run["cfg"].encoder.name]
+    assert rows["dense"]["x_dense"] == 1.0
+    assert all(rows[s]["x_dense"] > 1.0 for s in ("xqg", "expand", "multivector"))
+
+
+def test_latency_probe_and_report(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("XQG_RAY_CACHE", str(tmp_path / "cache"))
+    cfg = run["cfg"]
+    out = Path(RunPaths(cfg.root).results(EXPERIMENT))
+    (out / "cost.json").write_text(json.dumps(measure_indexing_cost(cfg, "test machine")))
+    texts, vectors = study.reported_queries(cfg)
+    latency = measure_query_cost(cfg, "test machine", texts, vectors)
+    search = latency["search"]
+    assert search["multivector"]["entries"] > search["dense"]["entries"] == 12
+    assert all(row["single"]["p50_ms"] > 0 and row["qps_batch32"] > 0 for row in search.values())
+    assert latency["encoder"]["single"]["n"] == 10
+    (out / "latency.json").write_text(json.dumps(latency))
+    report = write_report(cfg.root, EXPERIMENT)
+    answer = opening(report)
+    lines = [line for line in answer.splitlines() if line.startswith("- **`")]
+    assert [line.split("`")[1] for line in lines] == ["xqg", "xqg", "expand", "multivector"]
+    assert "published setting (sum, alpha 0.01)" in lines[0]
+    chosen = run["tuning"]["chosen"]
+    assert f"dev-chosen setting ({chosen['reduce']}, alpha {chosen['alpha']:g}" in lines[1]
+    for line in lines:
+        assert "x dense" in line and "noise band" in line and "p=" in line
+    assert "not measured" not in answer
+    text = Path(report).read_text(encoding="utf-8")
+    assert "![effectiveness against indexing cost](tradeoff.png)" in text
+    assert (out / "tradeoff.png").read_bytes().startswith(PNG_MAGIC)
