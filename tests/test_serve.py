@@ -4,10 +4,9 @@ Three applications run side by side on one local Ray (2 CPUs):
 - `vec`: 203 random vectors in 4 shards, a deployment per shard (`shards_per_replica: 1`, one
   replica each), a bearer token, tight limits;
 - `xquad`: a run root with the XQuAD English paragraphs encoded by the tiny BERT, 1 shard, the
-  query encoder taken from the manifest (so it runs inside the router), the corpus for
-  include_text;
-- `multi`: a multivector index in 2 shards, one shard group (the default layout) with 2
-  replicas.
+  query encoder taken from the manifest, the corpus for include_text; the default layout of a
+  small index: the router holds the shard and runs the encoder itself;
+- `multi`: a multivector index in 2 shards, one shard-group deployment with 2 replicas.
 """
 
 from __future__ import annotations
@@ -136,7 +135,9 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
         **SMALL,
     )
     xquad_cfg = ServeConfig(index=xquad_run["root"], limits=Limits(max_query_chars=200), **SMALL)
-    multi_cfg = ServeConfig(index=str(base / "multi"), replicas_per_shard=2, **SMALL)
+    multi_cfg = ServeConfig(
+        index=str(base / "multi"), replicas_per_shard=2, shards_per_replica=2, **SMALL
+    )
     started = time.perf_counter()
     vec_url = run_server(vec_cfg, blocking=False)  # starts Serve's HTTP proxy on 127.0.0.1:port
     serve.run_many(
@@ -379,11 +380,11 @@ def test_every_deployment_is_healthy(service):
         status = serve.status().applications[app]
         assert status.status == "RUNNING"
         assert {d.status for d in status.deployments.values()} == {"HEALTHY"}
-    assert set(serve.status().applications["xquad"].deployments) == {"router", "shard-00000"}
+    assert set(serve.status().applications["xquad"].deployments) == {"router"}
     assert set(serve.status().applications["multi"].deployments) == {
         "router",
         "shards-00000-00001",
-    }  # a small index is one shard group; the CPU encoder runs inside the router
+    }  # the CPU encoder runs inside the router; a small index too, unless told otherwise
 
 
 def test_latency_bench_loop_measures_the_service(service, xquad_run):

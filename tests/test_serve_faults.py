@@ -36,8 +36,8 @@ def test_classify_counts_a_wrong_unflagged_answer_as_a_failure():
 
 LAYOUTS = {
     "per-shard": ["--shards-per-replica", "1", "--replicas", "1"],
-    "one-group": ["--replicas", "2"],  # the default layout: both shards in one group, 2 twins
-    "in-router": ["--search-in-router", "--router-replicas", "2"],
+    "one-group": ["--shards-per-replica", "2", "--replicas", "2"],  # one group, 2 twins
+    "in-router": ["--search-in-router", "--router-replicas", "2"],  # a small index's default
 }
 
 

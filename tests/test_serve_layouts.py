@@ -1,9 +1,9 @@
 """Service layouts on this 2-CPU machine, over real HTTP on loopback.
 
 A 4-shard index (with the tiny BERT recorded as its encoder) comes up with default settings on a
-2-CPU Ray and answers exactly as one IndexFlatIP over all vectors in every layout: one shard
-group (the default for a small index), a deployment per shard, groups of two, and the shards
-inside the router. A service that cannot fit is refused before deploying, naming the setting; a
+2-CPU Ray and answers exactly as one IndexFlatIP over all vectors in every layout: the shards
+inside the router (the default for a small index), one shard group, a deployment per shard, and
+groups of two. A service that cannot fit is refused before deploying, naming the setting; a
 start-up past its deadline says what is not up; `xqg-ray serve` stops within seconds of Ctrl-C.
 """
 
@@ -36,16 +36,16 @@ pytestmark = pytest.mark.ray
 N = 403  # 4 contiguous shards of 101/101/101/100
 TEXTS = [f"passage {i} about topic {i % 17} and place {i % 5}" for i in range(N)]
 LAYOUTS = {
-    "default": {},
+    "default": {},  # a small index: the router holds the shards
+    "one-group": {"search_in_router": False},
     "per-shard": {"shards_per_replica": 1},
     "groups-of-2": {"shards_per_replica": 2},
-    "in-router": {"search_in_router": True},
 }
 EXPECTED_DEPLOYMENTS = {
-    "default": {"router", "shards-00000-00003"},
+    "default": {"router"},
+    "one-group": {"router", "shards-00000-00003"},
     "per-shard": {"router", "shard-00000", "shard-00001", "shard-00002", "shard-00003"},
     "groups-of-2": {"router", "shards-00000-00001", "shards-00002-00003"},
-    "in-router": {"router"},
 }
 
 
@@ -61,15 +61,22 @@ def manifest_of(sizes: list[int], encoder: dict | None = None) -> dict:
 # ---- planning, no Ray ------------------------------------------------------------------------
 
 
-def test_small_index_is_one_group_and_big_shards_get_a_deployment_each():
-    small = plan_layout(ServeConfig(index="x"), manifest_of([10_000] * 4), None)
+def test_small_index_is_in_the_router_then_one_group_then_a_deployment_per_group():
+    tiny = plan_layout(ServeConfig(index="x"), manifest_of([10_000] * 4), None)
+    assert tiny.search_in_router and tiny.groups == []
+    assert [r.deployment for r in tiny.reservations] == ["router"]
+    assert tiny.reservations[0].memory_bytes == int(4 * 10_000 * 1.1)
+    cfg = ServeConfig(index="x", search_in_router=False)
+    small = plan_layout(cfg, manifest_of([10_000] * 4), None)
     assert small.groups == [[0, 1, 2, 3]]
     assert [r.deployment for r in small.reservations] == ["shards-00000-00003", "router"]
     assert small.reservations[0].memory_bytes == int(4 * 10_000 * 1.1)
     big = plan_layout(
         ServeConfig(index="x", replica_memory_mb=2500), manifest_of([2**30] * 5), None
     )
-    assert big.groups == [[0, 1], [2, 3], [4]]
+    assert big.groups == [[0, 1], [2, 3], [4]] and not big.search_in_router
+    medium = plan_layout(ServeConfig(index="x"), manifest_of([2**28] * 4), None)  # 1 GiB
+    assert medium.groups == [[0, 1, 2, 3]] and not medium.search_in_router
     assert ServeConfig(index="x").shards_per_replica is None
 
 

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
         route_prefix="/faults",
         replicas_per_shard=args.replicas,
         shards_per_replica=args.shards_per_replica,
-        search_in_router=args.search_in_router,
+        search_in_router=args.search_in_router or (False if args.shards_per_replica else None),
         router_replicas=args.router_replicas,
         shard_num_cpus=args.shard_num_cpus,
         router_num_cpus=args.shard_num_cpus,
@@ -231,7 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--search-in-router",
         action="store_true",
-        help="The router holds the shards; kills then hit router replicas.",
+        help="The router holds the shards (the default for a small index unless "
+        "--shards-per-replica is given); kills then hit router replicas.",
     )
     parser.add_argument("--router-replicas", type=int, default=1)
     parser.add_argument("--requests", type=int, default=600, help="Requests to send in all.")

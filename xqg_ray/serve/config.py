@@ -65,10 +65,16 @@ class ServeConfig(_Strict):
         description="Shard replicas ask Ray for memory equal to their shards' bytes, so "
         "placement never packs more shards on a node than its memory holds.",
     )
-    search_in_router: bool = Field(
-        default=False,
-        description="The router holds every shard itself (no shard deployments, one hop fewer); "
-        "only for indexes that fit `replica_memory_mb`.",
+    search_in_router: bool | None = Field(
+        default=None,
+        description="The router holds every shard itself: HTTP -> router, no shard deployments, "
+        "one handle hop fewer. Default: yes when `shards_per_replica` is unset and the index "
+        "fits `router_index_mb`; else shard-group deployments.",
+    )
+    router_index_mb: float = Field(
+        default=512,
+        ge=0,
+        description="Largest index (shard bytes) the router holds itself by default.",
     )
     replicas_per_shard: int = Field(
         default=1, ge=1, description="Replicas of each shard deployment (one per shard group)."
@@ -109,7 +115,10 @@ class ServeConfig(_Strict):
         default=16, ge=1, description="Requests batched together by the encoder and each shard."
     )
     batch_wait_timeout_s: float = Field(
-        default=0.002, ge=0, description="How long a batch waits to fill before it runs."
+        default=0.0,
+        ge=0,
+        description="How long a batch waits to fill before it runs (0: batches form from the "
+        "requests that queue while the previous batch runs, no added latency).",
     )
     shard_timeout_s: float = Field(
         default=10.0, gt=0, description="A shard that has not answered by then counts as missing."

@@ -1,10 +1,12 @@
 """Where the index lives in the service, and what the service reserves: decided before deploying.
 
-A *shard group* is a run of contiguous shards held by one replica, which searches them in
-parallel threads and merges them exactly. `shards_per_replica` defaults to as many shards as fit
-one replica's memory budget (from the manifest's shard sizes), so a small index is one shard
-deployment and the router makes one handle call per request; a big index gets a deployment per
-group (a handle call reaches one replica, so scatter-gather needs a deployment per group).
+A *shard group* is a run of contiguous shards held by one replica, which searches them (in
+parallel threads when they hold enough work) and merges them exactly. A small index (up to
+`router_index_mb`) is held by the router itself: HTTP -> router, no handle hop at all. A bigger one
+gets shard-group deployments; `shards_per_replica` defaults to as many shards as fit one replica's
+memory budget (from the manifest's shard sizes), so the router makes one handle call per request
+until the index outgrows a replica; then a deployment per group (a handle call reaches one
+replica, so scatter-gather needs a deployment per group).
 
 `plan_layout` turns a config and a manifest into the deployments and their reservations;
 `check_fits` compares those with what the Ray cluster has and refuses, naming the setting to
@@ -107,13 +109,19 @@ def plan_layout(
 ) -> Layout:
     """The deployments of the service for this index and what each replica reserves."""
     total_bytes = sum(int(shard["bytes"]) for shard in manifest["shards"])
-    if cfg.search_in_router and total_bytes * MEMORY_OVERHEAD > cfg.replica_memory_mb * 2**20:
+    in_router = cfg.search_in_router
+    if in_router is None:  # a small index: one hop fewer (measured, README "Serving")
+        in_router = (
+            cfg.shards_per_replica is None
+            and total_bytes * MEMORY_OVERHEAD <= cfg.router_index_mb * 2**20
+        )
+    if in_router and total_bytes * MEMORY_OVERHEAD > cfg.replica_memory_mb * 2**20:
         raise ConfigError(
             f"search_in_router: the index holds {total_bytes / 2**20:.0f} MiB of shards, over "
             f"replica_memory_mb={cfg.replica_memory_mb:g}: raise replica_memory_mb or turn "
             "search_in_router off"
         )
-    groups = [] if cfg.search_in_router else shard_groups(manifest, cfg)
+    groups = [] if in_router else shard_groups(manifest, cfg)
     gpu_encoder = encoder is not None and wants_gpu(encoder, cluster_gpus)
     encode_in_router = encoder is not None and (
         cfg.encode_in_router if cfg.encode_in_router is not None else not gpu_encoder
@@ -144,7 +152,7 @@ def plan_layout(
             )
         )
     router_memory = 0
-    if cfg.search_in_router and cfg.request_memory:
+    if in_router and cfg.request_memory:
         router_memory = int(total_bytes * MEMORY_OVERHEAD)
     reservations.append(
         Reservation(
@@ -156,7 +164,7 @@ def plan_layout(
             "router_num_cpus",
         )
     )
-    return Layout(groups, cfg.search_in_router, encode_in_router, encoder is not None, reservations)
+    return Layout(groups, in_router, encode_in_router, encoder is not None, reservations)
 
 
 def _resource_lines(layout: Layout, key: str) -> list[str]:

@@ -220,6 +220,8 @@ class SearchRouter:
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=0.0)
     async def _search_here(self, vectors: list[np.ndarray], depths: list[int]) -> list:
+        if self.local.is_small(sum(len(v) for v in vectors)):
+            return self.local.search_grouped(vectors, depths)  # quicker than a thread hand-off
         return await asyncio.to_thread(self.local.search_grouped, vectors, depths)
 
     async def _scatter(self, vectors: np.ndarray, depth: int):
