@@ -118,6 +118,15 @@ class GeneratorConfig(_Strict):
         description="Benchmarks and cost probes only: every query has exactly this many new "
         "tokens (EOS suppressed).",
     )
+    restrict_vocabulary: bool = Field(
+        default=False,
+        description="Sample a language's queries from its own tokens only (vocabulary_samples).",
+    )
+    vocabulary_samples: str | None = Field(
+        default=None,
+        description="Folder of <lang>.txt (one text per line) or JSONL {lang, text}: the texts "
+        "whose tokens make up each language's output vocabulary.",
+    )
 
     @property
     def name(self) -> str:

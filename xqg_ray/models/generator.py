@@ -13,15 +13,16 @@ so callers can record which engine produced a figure. Other backends (the lead's
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, LogitsProcessorList
 
 from xqg_ray.config import GeneratorConfig
 from xqg_ray.errors import ConfigError, ModelError
 from xqg_ray.languages import language_name
-from xqg_ray.models import ct2
+from xqg_ray.models import ct2, vocabulary
 from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.models.loading import (
     from_pretrained,
@@ -29,6 +30,7 @@ from xqg_ray.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from xqg_ray.models.vocabulary import AllowedTokensLogitsProcessor
 
 
 class Generator(Protocol):
@@ -75,6 +77,9 @@ class HFGenerator:
         self.tokenizer = load_tokenizer(path)
         self.model = from_pretrained(AutoModelForSeq2SeqLM.from_pretrained, path, dtype=dtype)
         self.model.to(self.device).eval()
+        self.allowed = _allowed_tokens(cfg, self.tokenizer)
+        if self.allowed is not None:
+            self.engine += "-restricted"
 
     def generate(
         self, titles: Sequence[str], texts: Sequence[str], language: str
@@ -94,12 +99,12 @@ class HFGenerator:
             torch.manual_seed(self.cfg.seed)
             for start in range(0, len(order), self.cfg.batch_size):
                 index = order[start : start + self.cfg.batch_size]
-                queries = self._generate_batch([prompts[i] for i in index])
+                queries = self._generate_batch([prompts[i] for i in index], language)
                 for position, i in enumerate(index):
                     results[i] = queries[position * n : (position + 1) * n]
         return results
 
-    def _generate_batch(self, prompts: list[str]) -> list[list[int]]:
+    def _generate_batch(self, prompts: list[str], language: str) -> list[list[int]]:
         batch = self.tokenizer(
             prompts,
             padding=True,
@@ -115,6 +120,11 @@ class HFGenerator:
             else {"max_new_tokens": self.cfg.max_new_tokens}
         )
         n = self.cfg.queries_per_language
+        if self.allowed is not None:
+            allowed = _allowed_for(self.allowed, language)
+            sampling["logits_processor"] = LogitsProcessorList(
+                [AllowedTokensLogitsProcessor(allowed, self.model.config.vocab_size)]
+            )
         output = self.model.generate(
             **batch, **sampling, **lengths, num_return_sequences=n if self.cfg.do_sample else 1
         )
@@ -152,6 +162,12 @@ class CT2Generator:
         self.model_dir = ct2.ensure_converted(
             path, config, self.compute_type, shown_as=cfg.model, kind="seq2seq"
         )
+        self.allowed = _allowed_tokens(cfg, self.tokenizer)
+        if self.allowed is not None:
+            self.model_dir = _with_vmap(
+                self.model_dir, path, config, cfg, self.tokenizer, self.allowed
+            )
+            self.engine += "-restricted"
         self._translator()  # a model that does not load fails here, not in the first call
 
     def _translator(self):
@@ -178,6 +194,8 @@ class CT2Generator:
         prompts = _prompts(self.cfg, titles, texts, language)
         if not prompts:
             return []
+        if self.allowed is not None:
+            _allowed_for(self.allowed, language)  # the vocabulary map knows cfg.languages only
         ids = self.tokenizer(prompts, truncation=True, max_length=self.cfg.max_input_length)
         source = [self.tokenizer.convert_ids_to_tokens(row) for row in ids["input_ids"]]
         ctranslate2.set_random_seed(self.cfg.seed)  # read by the fresh translator's thread
@@ -185,6 +203,7 @@ class CT2Generator:
             source,
             max_batch_size=self.cfg.batch_size * self.cfg.max_input_length,
             batch_type="tokens",
+            use_vmap=self.allowed is not None,
             **decoding_options(self.cfg),
         )
         n = self.cfg.queries_per_language
@@ -211,6 +230,49 @@ def decoding_options(cfg: GeneratorConfig) -> dict:
     else:  # greedy: one hypothesis, repeated n times as Hugging Face returns it
         options |= {"sampling_topk": 1, "num_hypotheses": 1}
     return options
+
+
+def _allowed_tokens(cfg: GeneratorConfig, tokenizer: Any) -> dict[str, list[int]] | None:
+    """Each configured language's output token ids when `restrict_vocabulary` is on."""
+    if not cfg.restrict_vocabulary:
+        return None
+    if not cfg.vocabulary_samples:
+        raise ConfigError(
+            "generator.restrict_vocabulary needs generator.vocabulary_samples: a folder of "
+            "<lang>.txt files or a JSONL file of {lang, text} rows"
+        )
+    samples = vocabulary.load_samples(cfg.vocabulary_samples, cfg.languages)
+    return {lang: vocabulary.allowed_token_ids(tokenizer, texts) for lang, texts in samples.items()}
+
+
+def _allowed_for(allowed: dict[str, list[int]], language: str) -> list[int]:
+    if language not in allowed:
+        raise ConfigError(
+            f"restrict_vocabulary: {language!r} is not in generator.languages "
+            f"({', '.join(sorted(allowed))}), so it has no output vocabulary"
+        )
+    return allowed[language]
+
+
+def _with_vmap(
+    model_dir: str,
+    path: str,
+    config: Any,
+    cfg: GeneratorConfig,
+    tokenizer: Any,
+    allowed: dict[str, list[int]],
+) -> str:
+    """The converted model plus a vocabulary map of the configured languages (cached)."""
+    text = vocabulary.vmap_text(tokenizer, cfg.prompt, allowed)
+    return ct2.cached_build(
+        ct2.ct2_cache_dir(),
+        path,
+        config,
+        {"base": Path(model_dir).name, "vmap": vocabulary.digest({"vmap": [text]})},
+        lambda out: vocabulary.add_vmap(model_dir, text, out),
+        name=Path(model_dir).name.rsplit("-", 1)[0] + "-vmap",
+        complete="vmap.txt",
+    )
 
 
 def _seq2seq_checkpoint(cfg: GeneratorConfig) -> tuple[str, Any]:
