@@ -280,7 +280,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
 ) -> None:
-    """Serve an index over HTTP with Ray Serve (one deployment per shard) until Ctrl-C."""
+    """Serve an index over HTTP with Ray Serve until Ctrl-C (stops within seconds).
+
+    A small index lives in the router, a bigger one in shard-group deployments; what the service
+    reserves is checked against the Ray cluster before deploying, and it must come up within
+    `startup_timeout_s` (`--set startup_timeout_s=600` to wait longer)."""
     from xqg_ray.serve.app import run_server
 
     overrides = list(set_ or [])
