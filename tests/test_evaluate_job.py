@@ -215,9 +215,12 @@ def test_reports_and_the_headline_setting(xquad):
     markdown = (out / "evaluation.md").read_text()
     for name in SETTINGS:
         assert f"## Setting `{name}`" in markdown
-    assert "| strategy | de | en | macro |" in markdown
+    # x-en (the first setting) has a monolingual language (en): its table adds the
+    # cross-lingual macro; x-x has none
+    assert "| strategy | de | en | macro | macro X (cross-lingual) |" in markdown
+    assert "| strategy | de | en | macro |\n" in markdown
     xqg_row = next(line for line in markdown.splitlines() if line.startswith("| xqg |"))
-    assert xqg_row.count("(p=") == 3  # de, en and macro
+    assert xqg_row.count("(p=") == 4  # de, en, macro and the cross-lingual macro
     assert read_json(str(out / "evaluation.json"))["settings"].keys() == set(SETTINGS)
     for name in SETTINGS:
         assert read_json(str(out / name / "metrics.json"))["setting"] == name
