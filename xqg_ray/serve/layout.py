@@ -127,7 +127,9 @@ def plan_layout(
         cfg.encode_in_router if cfg.encode_in_router is not None else not gpu_encoder
     )
     reservations = []
+    # the CPU share is sized for the most replicas a group may have; the check needs the first
     shard_replicas = cfg.autoscaling.max_replicas if cfg.autoscaling else cfg.replicas_per_shard
+    first_replicas = max(1, cfg.autoscaling.min_replicas) if cfg.autoscaling else shard_replicas
     if groups:
         share = cfg.shard_num_cpus
         if share is None:
@@ -137,7 +139,7 @@ def plan_layout(
             group_bytes = sum(int(manifest["shards"][s]["bytes"]) for s in group)
             memory = int(group_bytes * MEMORY_OVERHEAD) if cfg.request_memory else 0
             reservations.append(
-                Reservation(group_name(group), shard_replicas, share, 0.0, memory, "shard_num_cpus")
+                Reservation(group_name(group), first_replicas, share, 0.0, memory, "shard_num_cpus")
             )
     if encoder is not None and not encode_in_router:
         gpus = cfg.encoder_num_gpus if cfg.encoder_num_gpus is not None else float(gpu_encoder)
