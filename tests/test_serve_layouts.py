@@ -251,3 +251,29 @@ def test_a_late_start_says_what_is_not_up(index, two_cpus):
     while "late" in serve.status().applications and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "late" not in serve.status().applications
+
+
+def test_shard_cache_checks_each_file_once_and_refuses_a_corrupt_one(tmp_path, monkeypatch):
+    from xqg_ray.errors import StorageError
+    from xqg_ray.serve import shard_cache
+    from xqg_ray.serve.corpus import PassageLookup, passage_table
+
+    url = str(tmp_path / "index")
+    vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    manifest = build_shards(
+        vectors, np.arange(40), url, n_shards=2, pids=[f"p{i}" for i in range(40)]
+    )
+    cache = str(tmp_path / "cache")
+    hashed = []
+    real = shard_cache._sha256_file
+    monkeypatch.setattr(shard_cache, "_sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):  # three replicas on one node
+        index = shard_cache.load_shard_cached(url, manifest, 1, cache)
+        assert index.ntotal == 20
+    assert len(hashed) == 1  # checksummed once
+    lookup = PassageLookup(passage_table(url, manifest, "", cache))
+    assert lookup.pids(np.array([[39, -1, 7]])) == [["p39", None, "p7"]]
+    shard = tmp_path / "index" / "shard-00001.faiss"  # verified above, then replaced
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(StorageError, match="checksum mismatch"):
+        shard_cache.load_shard_cached(url, manifest, 1, cache)
