@@ -85,6 +85,54 @@ def test_local_run_builds_every_strategy(local_run):
     assert stats["parts"] == 3 and stats["parts_computed"] == 3 and stats["rows_in"] == 12
 
 
+def test_fused_xqg_entries_equal_mixing_the_stored_query_vectors(local_run):
+    """The encoder actor mixes xqg as it encodes: entry by entry, the xqg table equals the
+    published formula applied to the per-query vectors (bit for bit), the sums re-mix it within
+    float32 summation order, and the dense entries are the passages' own encodings."""
+    from xqg_ray.models.encoder import load_encoder
+    from xqg_ray.stages.augment import mix_from_sums, passage_sums, sums_name, xqg_entries
+    from xqg_ray.stages.encode import passage_input
+
+    cfg, _ = local_run
+    paths = RunPaths(cfg.root)
+    enc = cfg.encoder.name
+    read = {
+        what: PartitionedTable(paths.embeddings(enc, what))
+        for what in ("passages", "xqg", sums_name(cfg), "generated-" + cfg.generator.name)
+    }
+    collection = PartitionedTable(paths.collection)
+    encoder = load_encoder(cfg.encoder)
+    for part in collection.committed_parts():
+        passages = read["passages"].read_part(part)
+        texts = collection.read_part(part)
+        direct = encoder.encode_passages(
+            [
+                passage_input(t, x)
+                for t, x in zip(texts["title"].to_pylist(), texts["text"].to_pylist(), strict=True)
+            ]
+        )
+        np.testing.assert_allclose(
+            arrow_to_vectors(passages["vector"]), direct, rtol=1e-5, atol=1e-6
+        )
+        stored = read["xqg"].read_part(part)
+        today = xqg_entries(cfg, passages, read["generated-" + cfg.generator.name].read_part(part))
+        assert stored.drop_columns(["vector"]).equals(today.drop_columns(["vector"]))
+        np.testing.assert_array_equal(
+            arrow_to_vectors(stored["vector"]), arrow_to_vectors(today["vector"])
+        )
+        totals, counts = passage_sums(passages, read[sums_name(cfg)].read_part(part), None)
+        remixed = mix_from_sums(
+            arrow_to_vectors(passages["vector"]),
+            totals,
+            counts,
+            cfg.augment.alpha,
+            cfg.augment.reduce,
+        )
+        np.testing.assert_allclose(
+            remixed, arrow_to_vectors(stored["vector"]), rtol=1e-6, atol=1e-7
+        )
+
+
 def test_evaluate_writes_runs_and_metrics(local_run):
     cfg, _ = local_run
     metrics = evaluate(cfg)
@@ -116,6 +164,8 @@ def test_rerun_skips_complete_stages_and_resumes_missing_parts(local_run, tmp_pa
         (tmp_path / "copy").joinpath(table.manifest_url[len(copy.root) + 1 :]).unlink()
     resumed = build(copy)
     assert resumed["stages"]["generate"]["parts_computed"] == 1
+    # the sums are complete: xqg is re-mixed from them (one part), nothing is re-encoded
+    assert resumed["stages"]["encode-generated"].get("skipped")
     assert resumed["stages"]["augment-xqg"]["parts_computed"] == 1
     assert resumed["stages"]["encode-passages"].get("skipped")
     assert_same_outputs(cfg, copy)

@@ -97,4 +97,38 @@ def test_s3_objects_have_no_leftover_temporaries(s3_bucket):
     fs, path = storage.url_to_fs(f"{s3_bucket}/t")
     names = sorted(n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False))
     parts = [f"part-0000{i}.parquet" for i in range(3)]
-    assert names == ["_manifest.json", *parts]
+    records = [f"_part-0000{i}.json" for i in range(3)]
+    assert names == ["_manifest.json", *records, *parts]
+
+
+def test_writers_checksum_what_they_write_and_finalize_reads_no_part(root):
+    """The manifest comes from the writers' records: the sha256 of the bytes they stored."""
+    target = storage.PartitionedTable(storage.join(root, "t"))
+    records = {name: target.write_part(name, _table(i * 3, 3)) for i, name in enumerate("ab")}
+    for name, record in records.items():
+        assert record["rows"] == 3
+        assert record["sha256"] == storage.sha256_of(target.part_url(name))
+        assert record["bytes"] == len(storage.read_bytes(target.part_url(name)))
+    # replace part b behind the writer's back: finalising from records never notices, because
+    # it never reads a part (a reader verifying checksums would)
+    storage.write_bytes_atomic(target.part_url("b"), b"not what the writer wrote")
+    manifest = target.finalize(expected=["a", "b"], records=records)
+    assert manifest["parts"]["b"]["sha256"] == records["b"]["sha256"]
+    assert manifest["rows"] == 6 and manifest["bytes"] == sum(r["bytes"] for r in records.values())
+
+
+def test_resume_finalizes_from_the_records_committed_beside_the_parts(root):
+    """Parts a killed run committed carry their writer's record; a part without one (the writer
+    died between part and record) is not counted as finished."""
+    target = storage.PartitionedTable(storage.join(root, "t"))
+    first = target.write_part("00000", _table(0, 3))
+    storage.write_bytes_atomic(
+        target.part_url("00001"), storage.table_to_parquet_bytes(_table(3, 3))
+    )
+    assert target.committed_parts() == ["00000", "00001"]
+    assert target.recorded_parts() == ["00000"]
+    second = target.write_part("00001", _table(3, 3))
+    manifest = target.finalize(expected=["00000", "00001"], records={"00001": second})
+    assert manifest["parts"]["00000"]["sha256"] == first["sha256"]
+    assert manifest["parts"]["00001"]["sha256"] == second["sha256"]
+    assert target.read()["id"].to_pylist() == list(range(6))

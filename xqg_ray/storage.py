@@ -2,9 +2,17 @@
 
 A table is a directory of Parquet parts. Each part is written under a temporary name and then moved
 to its final name, so a part either exists whole or not at all; a crashed writer leaves only
-temporary files, which readers ignore. `_manifest.json` is written last and marks the table
-complete. Parts are independent files, so many Ray actors can commit parts of one table at once
-without a shared mutable manifest, and a rerun skips every part that is already committed.
+temporary files, which readers ignore. On object stores (S3, GCS, Azure) a single PUT is already
+atomic (the object appears whole on completion, multipart uploads included), so the part is written
+under its final key in one request. `_manifest.json` is written last and marks the table complete.
+Parts are independent files, so many Ray actors can commit parts of one table at once without a
+shared mutable manifest, and a rerun skips every part that is already committed.
+
+Writers checksum what they write: `PartitionedTable.write_part` hashes the bytes it is about to
+store and returns their record (rows, bytes, sha256, schema), and also commits that record beside
+the part (`_part-NNNNN.json`, after the part, so a record always describes a whole part). The
+driver assembles the manifest from the records its tasks returned, plus the records of parts a
+previous (killed) run committed: nothing is read back to finalise a table.
 
 S3 endpoints and credentials come from the usual AWS environment (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, ...), so a MinIO or moto server works without code changes.
@@ -31,6 +39,9 @@ from xqg_ray.errors import InputError, StorageError
 
 MANIFEST = "_manifest.json"
 PART_PATTERN = re.compile(r"^part-(?P<name>[A-Za-z0-9_.=-]+)\.parquet$")
+RECORD_PATTERN = re.compile(r"^_part-(?P<name>[A-Za-z0-9_.=-]+)\.json$")
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+_CHECKED_BUCKETS: set[str] = set()
 
 
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -69,18 +80,27 @@ def exists(url: str) -> bool:
         raise StorageError(f"{url}: cannot check existence: {exc}") from exc
 
 
+def is_object_store(url: str) -> bool:
+    return protocol(url) in OBJECT_STORES
+
+
 def _check_bucket(url: str) -> None:
-    """On object stores, a missing bucket gives a clearer error than the first failed write."""
+    """On object stores, a missing bucket gives a clearer error than the first failed write.
+
+    Checked once per bucket and process: a part write costs one request, not two."""
     fs, path = url_to_fs(url)
-    if protocol(url) not in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+    if protocol(url) not in OBJECT_STORES:
         return
     bucket = path.split("/", 1)[0]
+    if f"{protocol(url)}://{bucket}" in _CHECKED_BUCKETS:
+        return
     try:
         ok = fs.exists(bucket)
     except (PermissionError, OSError) as exc:
         raise StorageError(f"{url}: cannot reach bucket {bucket!r}: {exc}") from exc
     if not ok:
         raise StorageError(f"{url}: bucket {bucket!r} does not exist")
+    _CHECKED_BUCKETS.add(f"{protocol(url)}://{bucket}")
 
 
 def read_bytes(url: str) -> bytes:
@@ -119,9 +139,18 @@ def _tmp_name(path: str) -> str:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write to a temporary sibling, then move into place: readers never see half a file."""
+    """Write to a temporary sibling, then move into place: readers never see half a file.
+
+    On object stores one PUT is atomic by itself: the object is written under its final key."""
     _check_bucket(url)
     fs, path = url_to_fs(url)
+    if is_object_store(url):
+        try:
+            with fs.open(path, "wb") as handle:
+                handle.write(data)
+        except (PermissionError, OSError) as exc:
+            raise StorageError(f"{url}: cannot write: {exc}") from exc
+        return
     parent = posixpath.dirname(path)
     tmp = _tmp_name(path)
     try:
@@ -135,6 +164,29 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
             fs.mv(tmp, path)
     except (PermissionError, OSError) as exc:
         _remove_quietly(fs, tmp)
+        raise StorageError(f"{url}: cannot write: {exc}") from exc
+
+
+def put_file_atomic(local_path: str, url: str) -> None:
+    """Commit a local file to `url` as `write_bytes_atomic` would, without holding it in memory
+    (a temporary sibling then a rename locally; one upload on object stores)."""
+    _check_bucket(url)
+    fs, path = url_to_fs(url)
+    try:
+        if is_object_store(url):
+            fs.put_file(local_path, path)
+            return
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        tmp = _tmp_name(path)
+        try:
+            fs.put_file(local_path, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_quietly(fs, tmp)
+            raise
+    except (PermissionError, OSError) as exc:
         raise StorageError(f"{url}: cannot write: {exc}") from exc
 
 
@@ -211,24 +263,63 @@ class PartitionedTable:
     def manifest_url(self) -> str:
         return join(self.url, MANIFEST)
 
-    def committed_parts(self) -> list[str]:
-        """Names of parts whose final file exists (temporary files are not parts)."""
+    def record_url(self, name: str) -> str:
+        return join(self.url, f"_part-{name}.json")
+
+    def _listing(self) -> tuple[set[str], set[str]]:
+        """(part names, record names) from one listing of the table's folder."""
         fs, path = url_to_fs(self.url)
         try:
             entries = fs.ls(path, detail=False) if fs.exists(path) else []
         except FileNotFoundError:
-            return []
-        names = []
+            return set(), set()
+        parts, records = set(), set()
         for entry in entries:
-            match = PART_PATTERN.match(posixpath.basename(entry.rstrip("/")))
-            if match:
-                names.append(match.group("name"))
-        return sorted(names)
+            base = posixpath.basename(entry.rstrip("/"))
+            if match := PART_PATTERN.match(base):
+                parts.add(match.group("name"))
+            elif match := RECORD_PATTERN.match(base):
+                records.add(match.group("name"))
+        return parts, records
 
-    def write_part(self, name: str, table: pa.Table) -> None:
+    def committed_parts(self) -> list[str]:
+        """Names of parts whose final file exists (temporary files are not parts)."""
+        return sorted(self._listing()[0])
+
+    def recorded_parts(self) -> list[str]:
+        """Parts that are committed together with their writer's record: the finished ones.
+
+        A part without a record (its writer died between the two) is recomputed on resume."""
+        parts, records = self._listing()
+        return sorted(parts & records)
+
+    def write_part(self, name: str, table: pa.Table) -> dict[str, Any]:
+        """Commit part `name` and its record; returns the record (rows, bytes, sha256, schema),
+        hashed from the bytes written, so nobody has to read the part back to checksum it."""
         if not PART_PATTERN.match(f"part-{name}.parquet"):
             raise StorageError(f"{self.url}: invalid part name {name!r}")
-        write_bytes_atomic(self.part_url(name), table_to_parquet_bytes(table))
+        data = table_to_parquet_bytes(table)
+        record = {
+            "rows": table.num_rows,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "schema": table.schema.to_string(show_schema_metadata=False),
+        }
+        write_bytes_atomic(self.part_url(name), data)
+        write_json_atomic(self.record_url(name), record)
+        return record
+
+    def read_record(self, name: str) -> dict[str, Any]:
+        """The writer's record of a committed part (a legacy part without one is hashed)."""
+        url = self.record_url(name)
+        if exists(url):
+            return read_json(url)
+        meta_pq = self._part_metadata(name)
+        return {
+            "rows": meta_pq.num_rows,
+            "sha256": sha256_of(self.part_url(name)),
+            "schema": meta_pq.schema.to_arrow_schema().to_string(show_schema_metadata=False),
+        }
 
     def manifest(self) -> dict[str, Any] | None:
         return read_json(self.manifest_url) if exists(self.manifest_url) else None
@@ -238,36 +329,47 @@ class PartitionedTable:
         return bool(manifest and manifest.get("complete"))
 
     def finalize(
-        self, meta: dict[str, Any] | None = None, expected: list[str] | None = None
+        self,
+        meta: dict[str, Any] | None = None,
+        expected: list[str] | None = None,
+        records: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Record every committed part (rows, bytes, sha256) and mark the table complete.
+        """Write the manifest from the writers' records and mark the table complete.
 
-        `expected` lists the parts the writer planned; finalising with any of them missing is an
-        error, so a table can never be marked complete with a gap.
+        `records` are what `write_part` returned in this run (part name -> record); parts
+        committed earlier contribute the record their writer stored beside them. No part is
+        read. `expected` lists the parts the writer planned; finalising with any of them missing
+        is an error, so a table can never be marked complete with a gap.
         """
-        names = self.committed_parts()
+        records = dict(records or {})
+        names = sorted(records)
         if expected is not None:
-            missing = sorted(set(expected) - set(names))
-            if missing:
-                raise StorageError(
-                    f"{self.url}: cannot finalise, {len(missing)} planned parts are missing "
-                    f"(first: {missing[0]})"
-                )
+            unknown = sorted(set(expected) - set(records))
+            if unknown:
+                committed = self._listing()[0]
+                missing = [name for name in unknown if name not in committed]
+                if missing:
+                    raise StorageError(
+                        f"{self.url}: cannot finalise, {len(missing)} planned parts are missing "
+                        f"(first: {missing[0]})"
+                    )
             names = sorted(expected)
+        elif not records:
+            names = self.committed_parts()
         parts = {}
         schema = None
         for name in names:
-            meta_pq = self._part_metadata(name)
-            parts[name] = {
-                "rows": meta_pq.num_rows,
-                "sha256": sha256_of(self.part_url(name)),
-            }
-            schema = schema or meta_pq.schema.to_arrow_schema()
+            record = records.get(name) or self.read_record(name)
+            parts[name] = {"rows": int(record["rows"]), "sha256": record["sha256"]}
+            if "bytes" in record:
+                parts[name]["bytes"] = int(record["bytes"])
+            schema = schema or record.get("schema")
         manifest = {
             "complete": True,
             "parts": parts,
             "rows": sum(p["rows"] for p in parts.values()),
-            "schema": schema.to_string() if schema is not None else None,
+            "bytes": sum(p.get("bytes", 0) for p in parts.values()),
+            "schema": schema,
             "meta": meta or {},
         }
         write_json_atomic(self.manifest_url, manifest)
@@ -315,12 +417,11 @@ def write_table(
 ) -> dict:
     """Write a whole table as numbered parts plus a manifest (for small, single-process stages)."""
     target = PartitionedTable(url)
-    names = []
+    records = {}
     for number, start in enumerate(range(0, max(table.num_rows, 1), rows_per_part)):
         name = f"{number:05d}"
-        target.write_part(name, table.slice(start, rows_per_part))
-        names.append(name)
-    return target.finalize(meta=meta, expected=names)
+        records[name] = target.write_part(name, table.slice(start, rows_per_part))
+    return target.finalize(meta=meta, expected=sorted(records), records=records)
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:

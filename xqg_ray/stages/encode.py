@@ -2,10 +2,17 @@
 
 Each kind reads part N of its source and writes part N of its embeddings table, with its own max
 length (queries 32, passages 128, `expand` longer: DESIGN section 2).
+
+The actor that encodes part N's generated queries also folds them in on the spot (the fused xqg
+path): it reads part N's passage vectors and writes part N of the `xqg` entries, plus the
+per-passage, per-language sum and count of the query vectors (`generated-<gen>-sums`), from
+which any alpha, sum/mean or language subset can be re-mixed without re-encoding. The per-query
+vectors themselves are written only when `multivector` is among the strategies.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -14,8 +21,15 @@ import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig
 from xqg_ray.paths import RunPaths
-from xqg_ray.schema import vectors_to_arrow
-from xqg_ray.stages.augment import expand_text, select_generated
+from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
+from xqg_ray.stages.augment import (
+    expand_text,
+    language_sums,
+    select_generated,
+    sums_name,
+    xqg_entries,
+)
+from xqg_ray.stages.runner import part_result
 from xqg_ray.storage import PartitionedTable
 
 ENCODE_KINDS = ("passages", "queries", "generated", "expand")
@@ -80,6 +94,15 @@ class EncodeTask:
         self.generated = PartitionedTable(generated)
         target = "generated-" + cfg.generator.name if kind == "generated" else kind
         self.target = PartitionedTable(paths.embeddings(cfg.encoder.name, target))
+        if kind == "generated":
+            strategies = cfg.augment.strategies
+            enc = cfg.encoder.name
+            self.passages = PartitionedTable(paths.embeddings(enc, "passages"))
+            self.sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg)))
+            self.xqg = (
+                PartitionedTable(paths.embeddings(enc, "xqg")) if "xqg" in strategies else None
+            )
+            self.per_query = "multivector" in strategies
 
     def encode(self, part: str, rows: pa.Table) -> pa.Table:
         if self.kind == "queries":
@@ -107,8 +130,38 @@ class EncodeTask:
         )
         return with_vectors(rows.select(["id", "pid"]), vectors)
 
+    def fused(self, part: str, rows: pa.Table) -> tuple[dict, int, float]:
+        """Encode part N's generated queries; write its xqg entries, its per-language sums and
+        (multivector only) the per-query vectors. Returns the records of what was written, the
+        passages mixed and the seconds spent mixing and writing the mixed tables."""
+        vectors = encode_unique(self.encoder.encode_queries, rows["text"].to_pylist())
+        encoded = with_vectors(rows.select(["pid", "lang", "k"]), vectors)
+        passages = self.passages.read_part(part)
+        written = {}
+        start = time.perf_counter()
+        if self.xqg is not None:
+            entries = xqg_entries(self.cfg, passages, encoded)
+            written[self.xqg.url] = self.xqg.write_part(part, entries)
+        kept = select_generated(encoded, None, self.cfg.augment.queries_per_language)
+        sums = language_sums(passages, kept, arrow_to_vectors(kept["vector"]))
+        written[self.sums.url] = self.sums.write_part(part, sums)
+        mix_seconds = time.perf_counter() - start
+        if self.per_query:
+            written[self.target.url] = self.target.write_part(part, encoded)
+        return written, passages.num_rows, mix_seconds
+
     def __call__(self, part: str) -> dict:
         rows = self.source.read_part(part)
+        if self.kind == "generated":
+            written, passages, mix_seconds = self.fused(part, rows)
+            return part_result(
+                part,
+                rows.num_rows,
+                rows.num_rows,
+                written,
+                mix_passages=passages,
+                mix_seconds=mix_seconds,
+            )
         table = self.encode(part, rows)
-        self.target.write_part(part, table)
-        return {"part": part, "rows_in": rows.num_rows, "rows_out": table.num_rows}
+        record = self.target.write_part(part, table)
+        return part_result(part, rows.num_rows, table.num_rows, {self.target.url: record})

@@ -11,6 +11,7 @@ from xqg_ray.models.question_split import QuestionSplitGenerator
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import GENERATED
 from xqg_ray.stages.roles import run_roles
+from xqg_ray.stages.runner import part_result
 from xqg_ray.storage import PartitionedTable, read_table
 
 # (passages of one part, ISO language) -> one list of generated queries per passage
@@ -79,5 +80,5 @@ class GenerateTask:
     def __call__(self, part: str) -> dict:
         passages = self.source.read_part(part)
         generated = generate_part(self.query_fn, passages, self.languages)
-        self.target.write_part(part, generated)
-        return {"part": part, "rows_in": passages.num_rows, "rows_out": generated.num_rows}
+        record = self.target.write_part(part, generated)
+        return part_result(part, passages.num_rows, generated.num_rows, {self.target.url: record})

@@ -14,7 +14,7 @@ from xqg_ray.config import RunConfig, StageResources
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.paths import RunPaths
 from xqg_ray.stages import plan
-from xqg_ray.stages.augment import AugmentTask
+from xqg_ray.stages.augment import AugmentTask, sums_meta, sums_name
 from xqg_ray.stages.encode import EncodeTask
 from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.index import build_index, strategy_params
@@ -145,18 +145,11 @@ def build(cfg: RunConfig) -> dict[str, Any]:
         cfg.stages.encode,
         encoder_meta,
     )
-    if needs_generation(cfg):
-        stats["encode-generated"] = _stage(
-            cfg,
-            "encode-generated",
-            (EncodeTask, "generated"),
-            passage_parts,
-            paths.embeddings(enc, "generated-" + cfg.generator.name),
-            cfg.stages.encode,
-            {**encoder_meta, "generator": cfg.generator.model_dump()},
-        )
-    for strategy in cfg.augment.strategies:
-        if strategy == "dense":
+    strategies = cfg.augment.strategies
+    if "xqg" in strategies or "multivector" in strategies:
+        stats.update(encode_generated(cfg, passage_parts))
+    for strategy in strategies:
+        if strategy in ("dense", "xqg"):
             continue
         task = (EncodeTask, "expand") if strategy == "expand" else (AugmentTask, strategy)
         resources = cfg.stages.encode if strategy == "expand" else StageResources()
@@ -181,6 +174,77 @@ def build(cfg: RunConfig) -> dict[str, Any]:
         }
     write_json_atomic(paths.stats("index"), report["index"])
     return report
+
+
+def encode_generated(cfg: RunConfig, passage_parts: list[str]) -> dict[str, Any]:
+    """Encode the generated queries, fusing xqg in the encoder actor (`EncodeTask`): one stage
+    writes the per-language sums, the xqg entries and, for multivector only, the per-query
+    vectors. When only the mixing changed (the sums are complete), xqg is re-mixed from the
+    sums by plain tasks, with no re-encoding."""
+    paths = RunPaths(cfg.root)
+    enc = cfg.encoder.name
+    gen_meta = {"encoder": cfg.encoder.model_dump(), "generator": cfg.generator.model_dump()}
+    sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg)))
+    xqg = PartitionedTable(paths.embeddings(enc, "xqg"))
+    per_query = PartitionedTable(paths.embeddings(enc, "generated-" + cfg.generator.name))
+    wants_xqg = "xqg" in cfg.augment.strategies
+    also = []
+    if "multivector" in cfg.augment.strategies:
+        also.append((per_query, gen_meta))
+    remix = (
+        wants_xqg
+        and sums.is_complete()
+        and sums.manifest()["meta"] == sums_meta(cfg)
+        and not xqg.is_complete()
+        and all(table.is_complete() for table, _ in also)
+    )
+    if wants_xqg and not remix:
+        also.insert(0, (xqg, strategy_params(cfg, "xqg")))
+    stats = {
+        "encode-generated": run_stage(
+            "encode-generated",
+            functools.partial(EncodeTask, cfg, "generated"),
+            passage_parts,
+            sums,
+            cfg.stages.encode,
+            cfg.ray,
+            sums_meta(cfg),
+            paths.stats("encode-generated"),
+            also=also,
+        )
+    }
+    done = stats["encode-generated"]
+    if wants_xqg and not remix:
+        # xqg was mixed inside the encoder actors: its share of their time, measured there
+        fused = {"stage": "augment-xqg", "fused_into": "encode-generated"}
+        if done.get("skipped"):
+            fused["skipped"] = True
+        else:
+            seconds = done.get("mix_seconds", 0.0)
+            fused.update(
+                parts=done["parts"],
+                parts_computed=done["parts_computed"],
+                rows_in=done.get("mix_passages", 0),
+                rows_out=done.get("mix_passages", 0),
+                seconds=seconds,
+                rows_per_second=done.get("mix_passages", 0) / seconds if seconds > 0 else None,
+                task_seconds=seconds,
+                nodes=done["nodes"],
+                backend=done["backend"],
+            )
+            write_json_atomic(paths.stats("augment-xqg"), fused)
+        stats["augment-xqg"] = fused
+    if remix:
+        stats["augment-xqg"] = _stage(
+            cfg,
+            "augment-xqg",
+            (AugmentTask, "xqg"),
+            passage_parts,
+            xqg.url,
+            StageResources(),
+            strategy_params(cfg, "xqg"),
+        )
+    return stats
 
 
 def evaluate(cfg: RunConfig) -> dict[str, Any]:

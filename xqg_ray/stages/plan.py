@@ -48,8 +48,12 @@ def write_plan(table: pa.Table, url: str, rows_per_part: int, meta: dict) -> lis
                 "use a new run root (or delete it) to change the collection"
             )
         return sorted(existing["parts"])
+    done = set(target.recorded_parts())
+    records = {}
     for number, name in enumerate(names):
-        if name not in target.committed_parts():
-            target.write_part(name, table.slice(number * rows_per_part, rows_per_part))
-    target.finalize(meta=plan_meta, expected=names)
+        if name not in done:
+            records[name] = target.write_part(
+                name, table.slice(number * rows_per_part, rows_per_part)
+            )
+    target.finalize(meta=plan_meta, expected=names, records=records)
     return names

@@ -1,17 +1,19 @@
 """Run a part task over its pending parts: on a Ray Data actor pool, or in this process.
 
 Both paths call the same task object, so the Ray wrapper stays thin: it only decides where the
-task runs. The task writes its output part itself (atomically) and returns a small stats row, so
-outputs are committed as soon as each part finishes and a killed run loses at most the parts in
-flight.
+task runs. The task writes its output part itself (atomically) and returns a small stats row with
+the records of what it wrote (rows, bytes, sha256 per table: `part_result`), so outputs are
+committed as soon as each part finishes, a killed run loses at most the parts in flight, and the
+driver assembles each table's manifest from those records without reading a part back.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,22 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.storage import PartitionedTable, write_json_atomic
 
 PartTask = Callable[[str], dict[str, Any]]
+
+
+def part_result(
+    part: str, rows_in: int, rows_out: int, written: dict[str, dict[str, Any]], **extra: float
+) -> dict[str, Any]:
+    """What a part task returns: its counts and, per table URL, the record `write_part` gave
+    (`extra`: further per-part timings, summed into the stage's stats).
+
+    The records travel as one JSON string, a plain column in a Ray Data batch."""
+    return {
+        "part": part,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "written": json.dumps(written, sort_keys=True),
+        **extra,
+    }
 
 
 def set_threads(threads: int) -> None:
@@ -163,22 +181,39 @@ def run_stage(
     ray_cfg: RayConfig,
     meta: dict[str, Any],
     stats_url: str,
+    also: Sequence[tuple[PartitionedTable, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """Compute the missing parts of `target`, finalise it, and record the stage's throughput."""
-    existing = target.manifest()
-    if existing and existing.get("complete"):
-        if existing.get("meta") != meta:
-            raise ConfigError(
-                f"{target.url} was built with {existing.get('meta')}, this run asks for {meta}: "
-                "use a new run root (or delete that folder) to rebuild it"
-            )
+    """Compute the missing parts of `target` (and of the tables in `also`, which the same task
+    writes part by part), finalise them from the tasks' records, and record the throughput."""
+    targets = [(target, meta), *also]
+    complete = 0
+    for table, table_meta in targets:
+        existing = table.manifest()
+        if existing and existing.get("complete"):
+            if existing.get("meta") != table_meta:
+                raise ConfigError(
+                    f"{table.url} was built with {existing.get('meta')}, this run asks for "
+                    f"{table_meta}: use a new run root (or delete that folder) to rebuild it"
+                )
+            complete += 1
+    if complete == len(targets):
         return {"stage": name, "skipped": True, "parts": len(parts)}
-    done = set(target.committed_parts())
+    done = set(parts)
+    for table, _ in targets:
+        done &= set(table.recorded_parts())
     pending = [part for part in parts if part not in done]
     start = time.perf_counter()
     rows = run_parts(name, factory, pending, resources, ray_cfg)
     seconds = time.perf_counter() - start
-    target.finalize(meta=meta, expected=parts)
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        for url, record in json.loads(row["written"]).items():
+            records.setdefault(url.rstrip("/"), {})[row["part"]] = record
+    written = 0
+    for table, table_meta in [*also, (target, meta)]:  # `target` last: complete means all are
+        mine = records.get(table.url, {})
+        written += sum(int(record.get("bytes", 0)) for record in mine.values())
+        table.finalize(meta=table_meta, expected=parts, records=mine)
     rows_in = sum(row["rows_in"] for row in rows)
     stats = {
         "stage": name,
@@ -186,11 +221,17 @@ def run_stage(
         "parts_computed": len(pending),
         "rows_in": rows_in,
         "rows_out": sum(row["rows_out"] for row in rows),
+        "bytes_written": written,
         "seconds": seconds,
         "rows_per_second": rows_in / seconds if seconds > 0 else None,
         "task_seconds": sum(row["seconds"] for row in rows),
         "nodes": sorted({row["node"] for row in rows if row["node"]}),
         "backend": "ray-data" if ray_cfg.enabled else "local",
     }
+    for key in sorted({key for row in rows for key in row} - set(stats) - STATS_ROW_KEYS):
+        stats[key] = sum(row.get(key, 0) for row in rows)
     write_json_atomic(stats_url, stats)
     return stats
+
+
+STATS_ROW_KEYS = {"part", "written", "node"}

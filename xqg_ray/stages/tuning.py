@@ -2,8 +2,9 @@
 
     python -m xqg_ray.stages.tuning --config jobs/configs/xquad.yaml
 
-No re-encoding: the stored passage, generated-query and query embeddings are re-mixed for every
-(reduce, alpha) of `tuning` and searched exactly (IndexFlatIP) in the headline setting's pairs.
+No re-encoding: the stored passage and query embeddings and each passage's generated-query sum
+and count (per language, written by the encoder actor) are re-mixed for every (reduce, alpha) of
+`tuning` and searched exactly (IndexFlatIP) in the headline setting's pairs.
 The grid reads dev queries only; test queries are read once, after the choice, to score `dense`,
 the published setting (`augment.alpha`, `augment.reduce`) and the dev-chosen one with paired
 t-tests against dense. Writes `results/<experiment>/xqg_tuning.json` and `xqg_tuning.png`.
@@ -28,7 +29,7 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.evaluate.tables import display_name, headline
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
-from xqg_ray.stages.augment import row_positions, select_generated, xqg_mix
+from xqg_ray.stages.augment import mix_from_sums, passage_sums, sums_name
 from xqg_ray.stages.evaluate import judged_qrels, kt_budget, score_run, summarize
 from xqg_ray.stages.roles import run_roles
 from xqg_ray.stages.search import run_table
@@ -55,8 +56,8 @@ class MixingInputs:
     pids: np.ndarray  # passage ids in embedding order
     passage_langs: np.ndarray
     passage_vectors: np.ndarray
-    query_vectors: np.ndarray  # generated queries
-    query_rows: np.ndarray  # each generated query's passage row
+    query_sums: np.ndarray  # float64 (n, dim): each passage's generated-query vector sum
+    query_counts: np.ndarray  # (n,): how many generated queries that sum holds
     qrels: pa.Table
     answers: dict[str, list[str]]
     texts: dict[str, str]
@@ -66,11 +67,8 @@ def read_mixing_inputs(cfg: RunConfig) -> MixingInputs:
     paths = RunPaths(cfg.root)
     enc = cfg.encoder.name
     passages = PartitionedTable(paths.embeddings(enc, "passages")).read()
-    generated = select_generated(
-        PartitionedTable(paths.embeddings(enc, "generated-" + cfg.generator.name)).read(),
-        cfg.augment.languages,
-        cfg.augment.queries_per_language,
-    )
+    sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg))).read()
+    query_sums, query_counts = passage_sums(passages, sums, cfg.augment.languages)
     collection = PartitionedTable(paths.collection).read(columns=["pid", "lang", "text"])
     pids = passages["pid"].to_numpy(zero_copy_only=False)
     where = pc.index_in(passages["pid"], value_set=collection["pid"]).to_numpy(zero_copy_only=False)
@@ -91,8 +89,8 @@ def read_mixing_inputs(cfg: RunConfig) -> MixingInputs:
         pids=pids,
         passage_langs=collection["lang"].to_numpy(zero_copy_only=False)[where],
         passage_vectors=passage_vectors,
-        query_vectors=arrow_to_vectors(generated["vector"]).reshape(-1, passage_vectors.shape[1]),
-        query_rows=row_positions(generated["pid"], passages["pid"].to_pylist()),
+        query_sums=query_sums,
+        query_counts=query_counts,
         qrels=read_table(paths.corpus("qrels")),
         answers=answers,
         texts=dict(zip(collection["pid"].to_pylist(), collection["text"].to_pylist(), strict=True)),
@@ -140,7 +138,7 @@ class PairSearch:
 
 
 def queries_per_passage(inputs: MixingInputs) -> dict[str, Any]:
-    counts = np.bincount(inputs.query_rows, minlength=len(inputs.pids))
+    counts = inputs.query_counts
     return {
         "min": int(counts.min()),
         "median": float(np.median(counts)),
@@ -149,13 +147,14 @@ def queries_per_passage(inputs: MixingInputs) -> dict[str, Any]:
     }
 
 
-def tune_xqg(cfg: RunConfig) -> dict[str, Any]:
-    """The dev grid, the chosen (reduce, alpha), and dense / published / chosen on test."""
+def tune_xqg(cfg: RunConfig, inputs: MixingInputs | None = None) -> dict[str, Any]:
+    """The dev grid, the chosen (reduce, alpha), and dense / published / chosen on test
+    (`inputs`: what `read_mixing_inputs` reads, when the caller already has it)."""
     if cfg.tuning.dev_fraction <= 0:
         raise ConfigError("tuning.dev_fraction is 0: there are no dev queries to tune on")
     if "xqg" not in cfg.augment.strategies:
         raise ConfigError("tuning chooses xqg's alpha and reduce: add xqg to augment.strategies")
-    inputs = read_mixing_inputs(cfg)
+    inputs = inputs if inputs is not None else read_mixing_inputs(cfg)
     roles = run_roles(cfg)
     vectors = PartitionedTable(RunPaths(cfg.root).embeddings(cfg.encoder.name, "queries")).read(
         columns=["qid", "lang", "vector"]
@@ -174,8 +173,8 @@ def tune_xqg(cfg: RunConfig) -> dict[str, Any]:
 
     def scores(split: str, alpha: float, reduce: str) -> dict[str, dict[str, float]]:
         queries = splits[split]
-        mixed = xqg_mix(
-            inputs.passage_vectors, inputs.query_vectors, inputs.query_rows, alpha, reduce
+        mixed = mix_from_sums(
+            inputs.passage_vectors, inputs.query_sums, inputs.query_counts, alpha, reduce
         )
         qrels = search.qrels(queries)
         texts = inputs.texts if needs_texts else {}
