@@ -232,6 +232,36 @@ def floor_app(leaves: int, cpus: dict):
 # ---- measurements ------------------------------------------------------------------------------
 
 
+def replica_memory(app: str) -> dict[str, dict]:
+    """RSS, PSS and private memory (MiB) of each replica process of `app` on this node, from
+    /proc: shared, memory-mapped shard pages count in RSS but are split in PSS."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                title = handle.read().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith(f"ray::ServeReplica:{app}:"):
+                continue
+            fields = {}
+            with open(f"/proc/{entry}/smaps_rollup") as handle:
+                for line in handle:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[1].isdigit():
+                        fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+        except OSError:
+            continue
+        deployment = title.split(":")[2].split(".")[0]
+        private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+        found[f"{deployment}/{entry}"] = {
+            "rss_mib": round(fields.get("Rss", 0), 1),
+            "pss_mib": round(fields.get("Pss", 0), 1),
+            "private_mib": round(private, 1),
+        }
+    return found
+
+
 def measure_http(url: str, queries: np.ndarray, args: argparse.Namespace) -> dict[int, dict]:
     asyncio.run(http_load(url, queries[:30], args.k, 1, 60))  # warm-up
     out = {}
@@ -299,6 +329,7 @@ def compare_index(
     for name, (cfg, layout, topology) in layouts.items():
         serve.run(build_app(cfg), name=APP, route_prefix="/bench")
         results = measure_http(f"http://{HOST}:{port}/bench/search_vectors", queries, args)
+        memory = replica_memory(APP)
         serve.delete(APP)
         for concurrency, stats in results.items():
             floor_p50 = floors[topology][concurrency]["p50_ms"]
@@ -311,6 +342,7 @@ def compare_index(
                 floor_p50_ms=floor_p50,
                 over_floor_ms=round(stats["p50_ms"] - floor_p50, 3),
                 meets_floor_target=stats["p50_ms"] <= floor_p50 + 2.0,
+                replica_memory=memory,
             )
 
 
@@ -381,10 +413,10 @@ def summary_table(rows: list[dict]) -> str:
     )
 
 
-def large_indexes(workdir: str, n: int, dim: int) -> list[dict]:
-    """1M x 384 (by default) Flat and IVF-PQ, 4 shards each, built from one random matrix."""
+def large_indexes(workdir: str, n: int, dim: int, kinds: list[str]) -> list[dict]:
+    """1M x 384 (by default) Flat and/or IVF-PQ, 4 shards each, built from one random matrix."""
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(n, dtype=np.int64)
     indexes = []
@@ -392,6 +424,8 @@ def large_indexes(workdir: str, n: int, dim: int) -> list[dict]:
         ("flat", "Flat", ""),
         ("ivfpq", f"IVF1024,PQ{dim // 8}", "nprobe=16"),
     ):
+        if label not in kinds:
+            continue
         url = os.path.join(workdir, f"random-{n}x{dim}-{label}")
         build_shards(
             vectors,
@@ -425,6 +459,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--large-n", type=int, default=1_000_000)
     parser.add_argument("--large-dim", type=int, default=384)
     parser.add_argument(
+        "--large-kinds", type=lambda t: [p for p in t.split(",") if p], default=["flat", "ivfpq"]
+    )
+    parser.add_argument(
         "--layouts", type=lambda t: [p for p in t.split(",") if p], default=list(LAYOUTS)
     )
     parser.add_argument("--concurrency", type=parse_ints, default=[1, 16])
@@ -454,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_synthetic:
         indexes += synthetic_indexes(args.n, args.dim, args.shards, workdir)
     if args.large:
-        indexes += large_indexes(workdir, args.large_n, args.large_dim)
+        indexes += large_indexes(workdir, args.large_n, args.large_dim, args.large_kinds)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     result = {
         "benchmark": "serve_latency",
