@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> dict:
                 index=index_url,
                 port=port,
                 replicas_per_shard=replicas,
+                shards_per_replica=args.shards_per_replica,
                 shard_num_cpus=args.shard_num_cpus,
                 router_num_cpus=args.shard_num_cpus,
                 max_batch_size=args.max_batch_size,
@@ -119,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--replicas", type=parse_list, default=[1, 2])
+    parser.add_argument(
+        "--shards-per-replica",
+        type=int,
+        default=None,
+        help="Shard-group size (default: the service's layout; 1: a deployment per shard).",
+    )
     parser.add_argument("--concurrency", type=parse_list, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--step-duration-s", type=float, default=10.0)
     parser.add_argument("--queries", type=int, default=6000, help="Distinct queries (a cap).")
