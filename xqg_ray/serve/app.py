@@ -73,23 +73,26 @@ def _cluster_resources() -> tuple[dict[str, float], list[dict[str, float]]]:
     return ray.cluster_resources(), nodes
 
 
-def plan(cfg: ServeConfig, manifest: dict | None = None) -> Layout:
-    """The layout `build_app` deploys for `cfg` (checked against the cluster when connected)."""
+def plan(cfg: ServeConfig, manifest: dict | None = None, check: bool = True) -> Layout:
+    """The layout `build_app` deploys for `cfg`; with `check`, refused (naming the setting) when
+    the connected Ray cluster cannot place it."""
     manifest = manifest or load_manifest(find_index(cfg.index))
     encoder_cfg = cfg.encoder or encoder_from_manifest(manifest)
     cluster, nodes = _cluster_resources()
     layout = plan_layout(cfg, manifest, encoder_cfg, cluster.get("GPU", 0.0))
-    if cluster:
+    if cluster and check:
         check_fits(layout, cluster, nodes)
     return layout
 
 
 def build_app(cfg: ServeConfig) -> Application:
-    """The search application for `cfg`; the index is located and checked before any replica,
-    and what the application reserves is checked against the Ray cluster when connected."""
+    """The search application for `cfg`; the index is located and checked before any replica.
+    What it reserves is checked against the connected Ray cluster when `check_resources` is
+    true (`run_server` checks unless it is false; a Serve config on an autoscaling cluster,
+    which adds nodes on demand, is not checked by default)."""
     index_url = find_index(cfg.index)
     manifest = load_manifest(index_url)
-    layout = plan(cfg, manifest)
+    layout = plan(cfg, manifest, check=cfg.check_resources is True)
     reserve = {r.deployment: r for r in layout.reservations}
     batching = {
         "max_batch_size": cfg.max_batch_size,
@@ -171,7 +174,7 @@ def _check_free(cfg: ServeConfig) -> None:
     a redeployment of a running application is left to Serve, which replaces it in place."""
     if cfg.app_name in serve.status().applications:
         return
-    layout = plan(cfg)
+    layout = plan(cfg, check=False)
     free = ray.available_resources()
     try:
         check_fits(layout, free)
@@ -232,9 +235,12 @@ def run_server(cfg: ServeConfig, blocking: bool = True) -> str:
                 os.environ.setdefault(key, value)
             ray.init()
             started_ray = True
+        if cfg.check_resources is not False:
+            plan(cfg)  # the whole cluster first: "lower X" beats "wait for others"
         app = build_app(cfg)
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        _check_free(cfg)
+        if cfg.check_resources is not False:
+            _check_free(cfg)
         serve_run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, _blocking=False)
         _wait_running(cfg.app_name, cfg.startup_timeout_s)
     except BaseException:

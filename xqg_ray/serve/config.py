@@ -106,6 +106,12 @@ class ServeConfig(_Strict):
     )
     router_replicas: int = Field(default=1, ge=1)
     router_num_cpus: float = Field(default=0.25, gt=0)
+    check_resources: bool | None = Field(
+        default=None,
+        description="Refuse, before deploying, a service the Ray cluster cannot place (naming "
+        "the setting). Default: checked by `xqg-ray serve`/`run_server`, not by a Serve config "
+        "(an autoscaling cluster adds nodes on demand); true: both; false: never.",
+    )
     startup_timeout_s: float = Field(
         default=300.0,
         gt=0,
