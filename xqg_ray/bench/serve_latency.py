@@ -233,8 +233,9 @@ def floor_app(leaves: int, cpus: dict):
 
 
 def replica_memory(app: str) -> dict[str, dict]:
-    """RSS, PSS and private memory (MiB) of each replica process of `app` on this node, from
-    /proc: shared, memory-mapped shard pages count in RSS but are split in PSS."""
+    """RSS, PSS, private and anonymous memory (MiB) of each replica process of `app` on this
+    node, from /proc: memory-mapped shard pages count in RSS (and in private while one process
+    maps them) but not in anonymous memory, which is the replica's own heap."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -252,12 +253,13 @@ def replica_memory(app: str) -> dict[str, dict]:
                         fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
         except OSError:
             continue
-        deployment = title.split(":")[2].split(".")[0]
+        deployment = title[len(f"ray::ServeReplica:{app}:") :].split(".")[0]
         private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
         found[f"{deployment}/{entry}"] = {
             "rss_mib": round(fields.get("Rss", 0), 1),
             "pss_mib": round(fields.get("Pss", 0), 1),
-            "private_mib": round(private, 1),
+            "private_mib": round(private, 1),  # includes mapped shard pages no one else maps
+            "anonymous_mib": round(fields.get("Anonymous", 0), 1),  # heap: not shareable
         }
     return found
 
