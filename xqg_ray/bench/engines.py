@@ -57,7 +57,7 @@ from xqg_ray.bench.gpu_models import (
 )
 from xqg_ray.bench.harness import format_table, machine_info, package_versions, write_results
 from xqg_ray.config import GeneratorConfig
-from xqg_ray.models import ct2, onnx_export
+from xqg_ray.models import ct2, onnx_export, vocabulary
 from xqg_ray.models.device import resolve_device
 from xqg_ray.models.generator import decoding_options
 
@@ -103,6 +103,7 @@ class Plan:
     output_tokens: int = 24
     top_k: int = 10
     generate_batch: int = 16
+    restricted_vocab: int = 32000  # output tokens of a language (assumed; 0: no such row)
     encode_passages: int = 64
     encode_length: int = 128
     encode_min_fraction: float = 0.5
@@ -115,6 +116,7 @@ QUICK = Plan(
     encoders={"mBERT-tiny": ("bert", MBERT_SMALL), "XLM-R-tiny": ("xlmr", XLMR_SMALL)},
     passages=8,
     encode_passages=64,
+    restricted_vocab=256,
 )
 
 
@@ -250,10 +252,33 @@ def bench_generation(
     options = decoding_options(cfg)
     stub = VocabularyStub(config.vocab_size)
     source = [[stub.tokens[int(i)] for i in row] for row in inputs]
-    compute_types = ["bfloat16", "int8_bfloat16"] if gpu else ["int8", "float32"]
-    for compute_type in compute_types:
+    fast, other = ("bfloat16", "int8_bfloat16") if gpu else ("int8", "float32")
+    variants = [(fast, False), (other, False)]
+    if plan.restricted_vocab:
+        variants.append((fast, True))
+    for compute_type, restricted in variants:
         out = work / f"{name}-{compute_type}"
-        convert_in_memory(model, config.vocab_size, compute_type, out)
+        engine = f"ctranslate2-{compute_type}"
+        run_source, run_flops, extra = source, flops, {}
+        if restricted:
+            # a vocabulary map from one key token to `restricted_vocab` random ids (+ specials),
+            # the key put at the start of every input: each batch decodes over that set only
+            allowed = rng.choice(
+                np.arange(FIRST_TOKEN_ID, config.vocab_size), plan.restricted_vocab, replace=False
+            )
+            tokens_allowed = stub.tokens[:3] + [stub.tokens[int(i)] for i in np.sort(allowed)]
+            key = stub.tokens[FIRST_TOKEN_ID]
+            restricted_dir = work / f"{name}-{compute_type}-vmap"
+            vocabulary.add_vmap(str(out), f"{key}\t{' '.join(tokens_allowed)}\n", restricted_dir)
+            out, engine = restricted_dir, f"{engine}-restricted"
+            run_source = [[key, *row[1:]] for row in source]
+            shape_r = replace(Seq2SeqShape.from_config(config), vocab=len(tokens_allowed))
+            run_flops = shape_r.generation_flops(
+                [len(x) for x in inputs], plan.output_tokens, plan.samples
+            )
+            extra = {"output_vocabulary": len(tokens_allowed)}
+        else:
+            convert_in_memory(model, config.vocab_size, compute_type, out)
         load_s, translator = _timed(
             lambda out=out, compute_type=compute_type: ctranslate2.Translator(
                 str(out), compute_type=compute_type, inter_threads=1, **ct2.device_args(device)
@@ -262,23 +287,29 @@ def bench_generation(
         )
         ctranslate2.set_random_seed(0)
         run_kwargs = {"max_batch_size": plan.generate_batch * plan.input_tokens}
-        run_kwargs |= {"batch_type": "tokens", **options}
-        translator.translate_batch(source[:1], **run_kwargs)  # warm-up
+        run_kwargs |= {"batch_type": "tokens", "use_vmap": restricted, **options}
+        translator.translate_batch(run_source[:1], **run_kwargs)  # warm-up
         seconds, results = _timed(
-            lambda t=translator, kw=run_kwargs: t.translate_batch(source, **kw), device
+            lambda t=translator, kw=run_kwargs, src=run_source: t.translate_batch(src, **kw),
+            device,
         )
         lengths = {len(h) for r in results for h in r.hypotheses}
         counts = {len(r.hypotheses) for r in results}
         assert lengths == {plan.output_tokens} and counts == {plan.samples}, (lengths, counts)
+        if restricted:
+            allowed_set = set(tokens_allowed) | set(stub.tokens[:32])  # CT2 pads to 16s
+            outside = sum(t not in allowed_set for r in results for h in r.hypotheses for t in h)
+            assert outside == 0, f"{outside} sampled tokens outside the restricted vocabulary"
         row = _row(
             name,
-            f"ctranslate2-{compute_type}",
+            engine,
             seconds,
             plan.passages,
             tokens,
-            flops,
+            run_flops,
             peak,
             load_s=round(load_s, 3),
+            **extra,
         )
         rows.append(row)
         log(row)

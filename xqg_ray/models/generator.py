@@ -148,7 +148,9 @@ class CT2Generator:
 
     CTranslate2 seeds a worker thread's random generator once, when the thread first samples;
     so that every call is seeded with `cfg.seed`, as `HFGenerator`'s is, each call runs on a
-    fresh translator (its weights load from the page cache in well under a second).
+    translator that has not sampled yet (a fresh one after the first call: its weights load from
+    the page cache, `load_s` in `python -m xqg_ray.bench.engines`; small next to a part's
+    generation time).
     """
 
     def __init__(self, cfg: GeneratorConfig):
@@ -168,7 +170,8 @@ class CT2Generator:
                 self.model_dir, path, config, cfg, self.tokenizer, self.allowed
             )
             self.engine += "-restricted"
-        self._translator()  # a model that does not load fails here, not in the first call
+        # a model that does not load fails here, not in the first call, which then uses it
+        self._unused_translator = self._translator()
 
     def _translator(self):
         import ctranslate2
@@ -199,7 +202,8 @@ class CT2Generator:
         ids = self.tokenizer(prompts, truncation=True, max_length=self.cfg.max_input_length)
         source = [self.tokenizer.convert_ids_to_tokens(row) for row in ids["input_ids"]]
         ctranslate2.set_random_seed(self.cfg.seed)  # read by the fresh translator's thread
-        results = self._translator().translate_batch(
+        translator, self._unused_translator = self._unused_translator or self._translator(), None
+        results = translator.translate_batch(
             source,
             max_batch_size=self.cfg.batch_size * self.cfg.max_input_length,
             batch_type="tokens",
