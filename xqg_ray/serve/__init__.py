@@ -1,4 +1,4 @@
-"""Ray Serve search service: router ingress, one deployment per FAISS shard, query encoder.
+"""Ray Serve search service: a router ingress, FAISS shard groups, the query encoder.
 
 Importing this package does not import Ray; `xqg_ray.serve.app` does.
 """
