@@ -1,8 +1,8 @@
 """Assemble and run the search application.
 
-`build_app(ServeConfig)` returns the Serve application: a router (which encodes queries itself for
-a CPU encoder), one deployment per shard group (a small index is one group, see
-`xqg_ray.serve.layout`), and a query-encoder deployment when the encoder asks for a GPU.
+`build_app(ServeConfig)` returns the Serve application: a router (which holds a small index itself
+and encodes queries itself for a CPU encoder), one deployment per shard group for a bigger index
+(see `xqg_ray.serve.layout`), and a query-encoder deployment when the encoder asks for a GPU.
 `app_builder` is the same for a Serve config file or a KubeRay RayService::
 
     applications:

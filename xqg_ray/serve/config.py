@@ -51,9 +51,10 @@ class ServeConfig(_Strict):
     shards_per_replica: int | None = Field(
         default=None,
         ge=1,
-        description="Shards one shard replica holds and searches in parallel threads; default: "
-        "as many as fit `replica_memory_mb` (from the manifest's shard sizes), so a small index "
-        "is one deployment. 1 = a deployment per shard.",
+        description="Shards one shard replica holds and searches (in parallel threads when "
+        "they hold enough work); default: as many as fit `replica_memory_mb` (from the "
+        "manifest's shard sizes), so an index that fits one replica is one deployment. "
+        "1 = a deployment per shard. Setting it turns the default `search_in_router` off.",
     )
     replica_memory_mb: float = Field(
         default=4096,
