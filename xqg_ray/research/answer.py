@@ -274,7 +274,8 @@ def query_notes(latency: dict[str, Any], service: dict[str, Any] | None) -> list
         lines.append(
             f"Service: `{service['strategy']}` index behind Ray Serve on loopback, sequential "
             "one-query requests; text requests include the service's own query encoding. "
-            f"{service['agree']}/{service['queries']} queries ranked exactly as offline."
+            f"{service['agree']}/{service['queries']} queries ranked exactly as offline. "
+            f"Measured on {service.get('hardware', latency['hardware'])}."
         )
     return lines
 

@@ -480,8 +480,10 @@ def write_report(root: str, experiment: str) -> str:
     passages = next(iter(rows.values()), {}).get("passages")
     lines += [
         f"Stage seconds per 1,000 of the run's {passages} passages, as the build measured them "
-        f"with its own generator `{(evaluation or {}).get('generator')}` (a stand-in's "
-        "generation is a lookup: see the indexing-cost section for mT5's).",
+        f"with its own generator `{(evaluation or {}).get('generator')}` and encoder "
+        f"`{(evaluation or {}).get('encoder')}`"
+        + (f" on {(latency or cost)['hardware']}" if latency or cost else "")
+        + " (a stand-in's generation is a lookup: see the indexing-cost section for mT5's).",
         "",
         summary_table(rows, measures),
         "",
