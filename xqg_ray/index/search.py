@@ -109,10 +109,29 @@ class EntryMap:
         return np.where(flat < 0, -1, self.passages[pos]).reshape(entry_ids.shape)
 
 
+class StrideEntryMap:
+    """Multivector entry id -> passage id as `entry id // stride` (ids built that way by the
+    pipeline: `passage id * stride + j`), with no table to load."""
+
+    def __init__(self, stride: int, max_entries_per_passage: int):
+        self.stride = int(stride)
+        self.max_entries_per_passage = max(1, int(max_entries_per_passage))
+
+    def to_passages(self, entry_ids: np.ndarray) -> np.ndarray:
+        return np.where(entry_ids < 0, -1, entry_ids // self.stride)
+
+
+def entry_map_of(manifest: dict, pairs: np.ndarray | None) -> EntryMap | StrideEntryMap | None:
+    """The manifest's entry -> passage mapping: by stride when recorded, else the table."""
+    if manifest.get("entry_stride"):
+        return StrideEntryMap(manifest["entry_stride"], manifest["max_entries_per_passage"])
+    return EntryMap(pairs) if pairs is not None else None
+
+
 def collapse_to_passages(
     scores: np.ndarray,
     entry_ids: np.ndarray,
-    entry_to_passage: EntryMap,
+    entry_to_passage: EntryMap | StrideEntryMap,
     k: int,
     keep_max: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +162,14 @@ class PassageSearch:
     Sync and async callers share this logic.
     """
 
-    def __init__(self, n_queries: int, k: int, entry_map: EntryMap, n_total: int, keep_max: bool):
+    def __init__(
+        self,
+        n_queries: int,
+        k: int,
+        entry_map: EntryMap | StrideEntryMap,
+        n_total: int,
+        keep_max: bool,
+    ):
         self.k = check_k(k)
         self.entry_map = entry_map
         self.keep_max = keep_max
@@ -185,8 +211,10 @@ class ShardedSearcher:
             load_shard(index_url, number, local_dir, mmap)
             for number in range(len(self.manifest["shards"]))
         ]
-        pairs = load_entry_map(index_url, self.manifest, local_dir)
-        self.entry_map = EntryMap(pairs) if pairs is not None else None
+        pairs = None
+        if not self.manifest.get("entry_stride"):
+            pairs = load_entry_map(index_url, self.manifest, local_dir)
+        self.entry_map = entry_map_of(self.manifest, pairs)
         self.pid_map = PidMap(load_pid_map(index_url, self.manifest, local_dir))
         self.keep_max = keeps_max(self.manifest["metric"])
 

@@ -5,12 +5,21 @@ Layout (any fsspec URL, local or s3://)::
     <index>/shard-00000.faiss ...   one FAISS index per shard, global int64 ids kept
     <index>/entry_map.npy            multivector only: (n, 2) int64 [entry id, passage id]
     <index>/pids.parquet             optional: passage id (int64) -> pid (string of the corpus)
+    <index>/trained.faiss            parallel builds of trainable factories: the trained, empty
+                                     index every shard started from (one quantizer)
+    <index>/shard-00000.pids.parquet parallel builds: the shard's own passage id -> pid map
     <index>/manifest.json            written last: an index without it is incomplete
 
-Shards are contiguous row ranges (`np.array_split` order), so shard i holds rows
-[start_i, end_i) of the vectors given to `build_shards`; a user can predict which shard holds an id.
-Trainable factories (IVF, PQ, ...) are trained once on a sample of all vectors and every shard is
-a copy of that trained index, so all shards share one coarse quantizer.
+`build_shards` (vectors in memory) cuts contiguous row ranges (`np.array_split` order), so shard i
+holds rows [start_i, end_i) of the vectors it is given. The pipeline's parallel build
+(`stages/index.py`) instead gives each shard a contiguous run of the entries table's parts
+(`sharding: parts`): one task per shard streams its parts into a copy of the trained index and
+writes the shard, its pid map and their checksums (`write_shard`); the driver only writes the
+manifest (`write_manifest`), so one shard can be rebuilt alone. Trainable factories (IVF, PQ, ...)
+are trained once on a sample and every shard is a copy of that trained index, so all shards share
+one coarse quantizer. A multivector index whose entry ids are `passage id * stride + j` records
+`entry_stride`, and `entry id // stride` is the passage (no entry map needed; one is still written
+up to `LEGACY_ENTRY_MAP_MAX` entries for readers that expect it).
 
 Side files are read with `np.load(allow_pickle=False)` and Parquet: nothing read from storage is
 unpickled, and every file is checked against the manifest's sha256 before use.
@@ -20,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faiss
@@ -38,6 +49,8 @@ ENTRY_MAP_FILE = "entry_map.npy"
 PID_MAP_FILE = "pids.parquet"
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 MMAP_FLAGS = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC  # IVF lists and flat codes
+TRAINED_FILE = "trained.faiss"
+LEGACY_ENTRY_MAP_MAX = 50_000_000  # entries; beyond, readers use entry_stride alone
 
 
 def shard_file(shard: int) -> str:
@@ -215,6 +228,191 @@ def build_shards(
             "file": PID_MAP_FILE,
             **_write(storage.join(out_url, PID_MAP_FILE), data),
         }
+    storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), manifest)
+    return manifest
+
+
+def shard_pid_file(shard: int) -> str:
+    return f"shard-{shard:05d}.pids.parquet"
+
+
+def needs_training(dim: int, factory: str, metric: str = "ip") -> bool:
+    return not _empty_index(dim, factory, metric).is_trained
+
+
+def train_index(
+    sample: np.ndarray, out_url: str, factory: str, metric: str = "ip", seed: int = 0
+) -> dict[str, Any]:
+    """Train `factory` once on `sample` (on the GPUs when FAISS sees any), write the trained,
+    empty index as `trained.faiss` and return its record (file, sha256, bytes, sample rows)."""
+    sample = _as_vectors(sample)
+    index = _empty_index(sample.shape[1], factory, metric)
+    try:
+        if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
+            on_gpu = faiss.index_cpu_to_all_gpus(index)
+            on_gpu.train(sample)
+            index = faiss.index_gpu_to_cpu(on_gpu)
+        else:
+            index.train(sample)
+    except RuntimeError as exc:
+        raise InputError(f"cannot train the index on {len(sample)} vectors: {exc}") from exc
+    return {"sample": len(sample), **_write_index_file(index, storage.join(out_url, TRAINED_FILE))}
+
+
+def _write_index_file(index: faiss.Index, url: str) -> dict[str, Any]:
+    """Serialise an index through a local temporary file (no second copy in memory), hash it
+    while it is on local disk, then commit it to `url`."""
+    handle, path = tempfile.mkstemp(suffix=".faiss")
+    os.close(handle)
+    try:
+        faiss.write_index(index, path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 22), b""):
+                digest.update(block)
+        size = os.path.getsize(path)
+        storage.put_file_atomic(path, url)
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+    return {"file": url.rstrip("/").rsplit("/", 1)[-1], "sha256": digest.hexdigest(), "bytes": size}
+
+
+def base_index(
+    out_url: str, dim: int, factory: str, metric: str, trained: dict[str, Any] | None
+) -> faiss.Index:
+    """What every shard starts from: the saved trained index (checksum verified), or an empty
+    index of a factory that needs no training."""
+    if trained is None:
+        return _empty_index(dim, factory, metric)
+    path = _verified_local_file(out_url, trained, None)
+    try:
+        return faiss.read_index(path)
+    finally:
+        if not storage.is_local(out_url):
+            os.remove(path)
+
+
+def write_shard(
+    out_url: str,
+    number: int,
+    base: faiss.Index,
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]],
+) -> dict[str, Any]:
+    """Stream `(vectors, ids, passage_ids, pids)` batches into a copy of `base` under their
+    global ids; write the shard and its passage id -> pid map; return the shard's record.
+
+    A passage's entries must all come in this shard's batches (shards follow parts, and a part
+    holds all entries of its passages), so the per-shard pid maps never overlap."""
+    index = None
+    count = 0
+    pid_tables = []
+    max_entries = 0
+    id_range = [None, None]
+    for vectors, ids, passage_ids, pids in batches:
+        if len(ids) == 0:
+            continue
+        vectors = _as_vectors(vectors)
+        ids = _as_ids(ids, len(vectors), "ids")
+        if vectors.shape[1] != base.d:
+            raise InputError(f"vectors have dimension {vectors.shape[1]}, the index {base.d}")
+        if index is None:
+            index = _with_ids(base, vectors, ids)
+        else:
+            index.add_with_ids(vectors, ids)
+        count += len(ids)
+        lo, hi = int(ids.min()), int(ids.max())
+        id_range = [lo if id_range[0] is None else min(lo, id_range[0]), max(hi, id_range[1] or 0)]
+        table = pa.table({"id": pa.array(passage_ids, pa.int64()), "pid": pids})
+        pid_tables.append(table)
+        max_entries = max(max_entries, int(np.unique(passage_ids, return_counts=True)[1].max()))
+    if index is None:
+        index = _with_ids(base, np.zeros((0, base.d), np.float32), np.zeros(0, np.int64))
+    record: dict[str, Any] = {
+        "count": count,
+        "id_range": id_range,
+        "max_entries_per_passage": max_entries,
+        **_write_index_file(index, storage.join(out_url, shard_file(number))),
+    }
+    pid_table = (
+        _pid_table(
+            np.concatenate([t["id"].to_numpy() for t in pid_tables]),
+            pa.concat_arrays([t["pid"].combine_chunks() for t in pid_tables]),
+        )
+        if pid_tables
+        else pa.table({"id": pa.array([], pa.int64()), "pid": pa.array([], pa.string())})
+    )
+    data = storage.table_to_parquet_bytes(pid_table)
+    record["n_passages"] = pid_table.num_rows
+    record["pid_map"] = {
+        "file": shard_pid_file(number),
+        **_write(storage.join(out_url, shard_pid_file(number)), data),
+    }
+    return record
+
+
+def merge_pid_maps(out_url: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole index's `pids.parquet` from the shards' own maps (ids ascend shard by shard,
+    so this is a concatenation), for readers that load one passage map."""
+    tables = []
+    for shard in shards:
+        path = _verified_local_file(out_url, shard["pid_map"], None)
+        tables.append(pq.read_table(path))
+        if not storage.is_local(out_url):
+            os.remove(path)
+    table = pa.concat_tables(tables).combine_chunks().sort_by("id")
+    data = storage.table_to_parquet_bytes(table)
+    return {"file": PID_MAP_FILE, **_write(storage.join(out_url, PID_MAP_FILE), data)}
+
+
+def write_stride_entry_map(
+    out_url: str, entry_ids: np.ndarray, stride: int, max_entries: int
+) -> dict[str, Any]:
+    """The legacy (n, 2) [entry id, entry id // stride] table, for readers without stride."""
+    ids = np.sort(np.asarray(entry_ids, dtype=np.int64))
+    pairs = np.ascontiguousarray(np.stack([ids, ids // stride], axis=1))
+    buffer = io.BytesIO()
+    np.save(buffer, pairs, allow_pickle=False)
+    return {
+        "file": ENTRY_MAP_FILE,
+        "max_entries_per_passage": max_entries,
+        "n_passages": len(np.unique(pairs[:, 1])),
+        **_write(storage.join(out_url, ENTRY_MAP_FILE), buffer.getvalue()),
+    }
+
+
+def write_manifest(
+    out_url: str,
+    dim: int,
+    factory: str,
+    shards: list[dict[str, Any]],
+    metric: str = "ip",
+    meta: dict | None = None,
+    trained: dict[str, Any] | None = None,
+    entry_stride: int | None = None,
+    entry_map: dict[str, Any] | None = None,
+    pid_map: dict[str, Any] | None = None,
+    search_params: str = "",
+) -> dict[str, Any]:
+    """The manifest of an index whose shards were written by `write_shard` (written last)."""
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "dimension": dim,
+        "metric": metric,
+        "factory": factory,
+        "search_params": search_params,
+        "n_total": sum(int(s["count"]) for s in shards),
+        "sharding": "parts",
+        "shards": shards,
+        "trained": trained,
+        "entry_map": entry_map,
+        "entry_stride": entry_stride,
+        "max_entries_per_passage": max(
+            (int(s["max_entries_per_passage"]) for s in shards), default=1
+        ),
+        "pid_map": pid_map,
+        "meta": meta or {},
+    }
     storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), manifest)
     return manifest
 

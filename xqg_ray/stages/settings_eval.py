@@ -191,9 +191,9 @@ def ensure_indexes(
     cfg: RunConfig, strategy: str, language_sets: list[Languages], full: Languages
 ) -> dict[Languages, str]:
     """The index of each passage-language set: the build's own for the whole collection, a
-    subset index (built here if missing or stale) for the others. Entries are read once."""
+    subset index (built here if missing or stale) for the others, by the same parallel
+    build from the entries' parts (the driver never reads the entries)."""
     urls: dict[Languages, str] = {}
-    entries = None
     for langs in language_sets:
         if langs == full:
             urls[langs] = index_url(cfg, strategy)
@@ -201,9 +201,7 @@ def ensure_indexes(
         if current_manifest(index_url(cfg, strategy, langs), index_meta(cfg, strategy, langs)):
             urls[langs] = index_url(cfg, strategy, langs)
             continue
-        if entries is None:
-            entries = PartitionedTable(entries_url(cfg, strategy)).read()
-        build_index(cfg, strategy, langs, entries)
+        build_index(cfg, strategy, langs)
         urls[langs] = index_url(cfg, strategy, langs)
     return urls
 
