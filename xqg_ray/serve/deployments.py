@@ -25,11 +25,25 @@ from xqg_ray.serve.shard_cache import load_shard_cached
 
 DEFAULT_MAX_BATCH = 16
 SHUTDOWN_S = 2.0  # graceful shutdown of a replica: in-flight searches take milliseconds
-# Work (queries x vectors x dimension) below which a search runs inline: a thread hand-off costs
-# more than it saves. Measured on 2 CPUs, 20k x 128 in 4 shards, one query: sequential 0.5 ms,
-# a thread per shard 1.2 ms, plus 0.25 ms for asyncio.to_thread.
-PARALLEL_WORK = 20_000_000
-INLINE_WORK = 2_000_000
+# Bytes one query reads (see `scan_bytes`) below which a search runs inline in the event loop,
+# and per shard above which shards are searched in parallel threads: a thread hand-off costs more
+# than it saves on small scans. Measured on 2 CPUs, 20k x 128 Flat in 4 shards (10 MB), one
+# query: sequential 0.5 ms, a thread per shard 1.2 ms, plus 0.25 ms for asyncio.to_thread.
+INLINE_BYTES = 16 << 20
+PARALLEL_BYTES = 64 << 20
+
+
+def scan_bytes(index: faiss.Index) -> float:
+    """Roughly the bytes one query reads: the probed inverted lists plus the coarse quantizer
+    for IVF indexes, every code for the others (an overestimate for graph indexes)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        probed = min(1.0, ivf.nprobe / max(1, ivf.nlist))
+        return index.ntotal * probed * ivf.code_size + ivf.nlist * index.d * 4
+    return float(index.ntotal) * index.d * 4
 
 
 def threads_for(num_cpus: float) -> int:
@@ -50,8 +64,8 @@ class ShardGroup:
         self.indexes = [
             load_shard_cached(index_url, manifest, s, local_dir, mmap) for s in self.shards
         ]
-        self.largest = max(index.ntotal for index in self.indexes) * int(manifest["dimension"])
-        self.total = sum(index.ntotal for index in self.indexes) * int(manifest["dimension"])
+        costs = [scan_bytes(index) for index in self.indexes]
+        self.largest, self.total = max(costs), sum(costs)
         self.pool = (
             ThreadPoolExecutor(len(self.indexes), thread_name_prefix="shard")
             if len(self.indexes) > 1
@@ -60,14 +74,14 @@ class ShardGroup:
 
     def is_small(self, n_queries: int) -> bool:
         """Whether searching `n_queries` is cheaper than handing the work to a thread."""
-        return n_queries * self.total < INLINE_WORK
+        return n_queries * self.total < INLINE_BYTES
 
     def search(self, vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, global ids) of this group's top-`depth`, -1-padded; shards in parallel
         threads (FAISS releases the GIL) when each holds enough work to pay for the hand-off."""
         if len(self.indexes) == 1:
             return search_index(self.indexes[0], vectors, depth)
-        if self.pool is not None and len(vectors) * self.largest >= PARALLEL_WORK:
+        if self.pool is not None and len(vectors) * self.largest >= PARALLEL_BYTES:
             answers = list(
                 self.pool.map(lambda index: search_index(index, vectors, depth), self.indexes)
             )
