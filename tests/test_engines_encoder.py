@@ -94,12 +94,12 @@ def test_normalize_and_max_length_apply_to_every_engine(tiny_models):
 def test_auto_is_the_fastest_installed_cpu_engine(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_encoder_engine("auto", cpu) == encoder.CPU_ENGINE_PREFERENCE[0]
+    assert resolve_encoder_engine("onnxruntime", cpu) == "onnxruntime"  # only when named
     monkeypatch.setattr(ct2, "available", lambda: False)
-    assert resolve_encoder_engine("auto", cpu) == "onnxruntime"
-    with pytest.raises(ConfigError, match="ctranslate2 is not installed"):
+    assert resolve_encoder_engine("auto", cpu) == "torch"
+    with pytest.raises(ConfigError, match="ctranslate2 needs ctranslate2"):
         resolve_encoder_engine("ctranslate2", cpu)
     monkeypatch.setattr(onnx_export, "available", lambda: False)
-    assert resolve_encoder_engine("auto", cpu) == "torch"
     with pytest.raises(ConfigError, match="onnxruntime"):
         resolve_encoder_engine("onnxruntime", cpu)
 

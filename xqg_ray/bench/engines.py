@@ -104,6 +104,7 @@ class Plan:
     top_k: int = 10
     generate_batch: int = 16
     restricted_vocab: int = 32000  # output tokens of a language (assumed; 0: no such row)
+    restriction_repeats: int = 3  # restricted vs unrestricted int8, alternating
     encode_passages: int = 64
     encode_length: int = 128
     encode_min_fraction: float = 0.5
@@ -256,6 +257,7 @@ def bench_generation(
     variants = [(fast, False), (other, False)]
     if plan.restricted_vocab:
         variants.append((fast, True))
+    kept: dict[tuple, tuple] = {}
     for compute_type, restricted in variants:
         out = work / f"{name}-{compute_type}"
         engine = f"ctranslate2-{compute_type}"
@@ -313,9 +315,32 @@ def bench_generation(
         )
         rows.append(row)
         log(row)
-        del translator
-        gc.collect()
+        kept[(compute_type, restricted)] = (translator, run_source, run_kwargs)
+    if plan.restricted_vocab and plan.restriction_repeats:
+        rows[-1] |= alternate(kept, (fast, False), (fast, True), plan.restriction_repeats, device)
+        log({"restriction": rows[-1]})
+    kept.clear()
+    gc.collect()
     return rows
+
+
+def alternate(kept: dict, base: tuple, other: tuple, repeats: int, device: torch.device) -> dict:
+    """Time two translators in turn, `repeats` times each, so that a load change on a shared
+    machine hits both alike; returns both medians and their ratio."""
+    times: dict[tuple, list[float]] = {base: [], other: []}
+    for _ in range(repeats):
+        for key in (base, other):
+            translator, source, kwargs = kept[key]
+            seconds, _ = _timed(
+                lambda t=translator, src=source, kw=kwargs: t.translate_batch(src, **kw), device
+            )
+            times[key].append(round(seconds, 3))
+    base_s, other_s = (float(np.median(times[key])) for key in (base, other))
+    return {
+        "alternating_seconds": times[other],
+        "alternating_seconds_unrestricted": times[base],
+        "speedup_vs_unrestricted_median": round(base_s / other_s, 2),
+    }
 
 
 def _encoder_models(kind: str, shape: dict) -> tuple[Any, torch.nn.Module, torch.nn.Module]:
@@ -528,7 +553,8 @@ def summary(report: dict) -> str:
             ]
             for r in report[key]
         ]
-        lines += ["", key, format_table(headers, rows)]
+        if rows:
+            lines += ["", key, format_table(headers, rows)]
     if report["goals"]:
         lines += ["", "goals: " + json.dumps(report["goals"])]
     return "\n".join(lines)
@@ -564,9 +590,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = run(plan, device, log)
     report["quick"] = args.quick
+    if args.out:
+        written = write_results(args.out, report)
     print(summary(report))
     if args.out:
-        print(f"wrote {write_results(args.out, report)}")
+        print(f"wrote {written}")
     return report
 
 
