@@ -84,9 +84,11 @@ class RequestRecorder:
                 status = message["status"]
             await send(message)
 
+        self.stats.in_flight += 1
         try:
             await self.app(scope, receive, send_recording)
         finally:
+            self.stats.in_flight -= 1
             path = scope["path"]
             root = scope.get("root_path", "")
             if root and path.startswith(root):

@@ -226,7 +226,11 @@ class SearchRouter:
 
     async def _scatter(self, vectors: np.ndarray, depth: int):
         if self.local is not None:
-            scores, ids = await self._search_here(vectors, depth)
+            if self.stats.in_flight <= 1 and self.local.is_small(len(vectors)):
+                # alone and small: search inline, as batching would only add its own cost
+                scores, ids = self.local.search(vectors, depth)
+            else:
+                scores, ids = await self._search_here(vectors, depth)
             return scores, ids, []
         answers = await asyncio.gather(
             *(self._ask_group(number, vectors, depth) for number in range(len(self.groups)))

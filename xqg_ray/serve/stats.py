@@ -15,6 +15,7 @@ class ServiceStats:
         self.status_counts: dict[str, Counter] = defaultdict(Counter)
         self.latencies_ms: dict[str, deque] = defaultdict(lambda: deque(maxlen=LATENCY_WINDOW))
         self.partial_answers = 0
+        self.in_flight = 0  # HTTP requests inside this replica now (set by the middleware)
         self.shard_failures: Counter = Counter()
 
     def record(self, path: str, status: int, elapsed_ms: float) -> None:
