@@ -13,7 +13,7 @@ import pytest
 import ray
 from conftest import tiny_run_config
 
-from xqg_ray.bench.scale_models import ray_runtime_env, scale_config
+from xqg_ray.bench.scale_models import scale_config
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
@@ -166,7 +166,6 @@ def ray_with_scale_backends(s3_server):
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env=ray_runtime_env(),
     )
     yield
     ray.shutdown()

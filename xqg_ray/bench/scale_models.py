@@ -4,15 +4,15 @@ They have the shapes that matter to the pipeline (a fixed number of queries per 
 language; one vector space for queries and passages) and cost almost nothing, so a scale run
 measures the pipeline (storage, Ray, parts, shards), not a model. Neither is a product model:
 they register themselves as backends (`register()`) through the same registries as the real ones,
-and a config selects them with `scale_config` (the config schema does not list them, on purpose).
+and `scale_config` selects them (the product config schema does not list them, on purpose).
 
 - `hashing` encoder: signed feature hashing of byte trigrams of the lower-cased text into `dim`
   dimensions (`model: hashing-64`), L2-normalised; vectorised over a whole batch with numpy.
 - `template` generator: query k in a language is that language's tag followed by a window of
   the passage's words, so every passage gets exactly `queries_per_language` queries.
 
-Ray workers learn the backends through `runtime_env={"worker_process_setup_hook":
-"xqg_ray.bench.scale_models.register"}` (`ray_runtime_env()`).
+A Ray worker that receives such a config imports this module when it unpickles it, and importing
+it registers the backends there.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from xqg_ray.config import EncoderConfig, GeneratorConfig
+
 ENCODER_BACKEND = "hashing"
 GENERATOR_BACKEND = "template"
-SETUP_HOOK = "xqg_ray.bench.scale_models.register"
 
 
 def hashing_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
@@ -105,8 +106,7 @@ class TemplateGenerator:
 
 
 def register() -> None:
-    """Make `encoder.backend: hashing` and `generator.backend: template` loadable (idempotent);
-    also Ray's worker setup hook, so actors can build them."""
+    """Make `encoder.backend: hashing` and `generator.backend: template` loadable (idempotent)."""
     from xqg_ray.models.encoder import ENCODER_BACKENDS
     from xqg_ray.models.generator import register_generator
 
@@ -114,19 +114,35 @@ def register() -> None:
     register_generator(GENERATOR_BACKEND, TemplateGenerator)
 
 
-def ray_runtime_env() -> dict[str, Any]:
-    return {"worker_process_setup_hook": SETUP_HOOK}
+class ScaleEncoderConfig(EncoderConfig):
+    """The encoder section of a scale run. Unpickling it (a Ray actor receiving the run
+    config) imports this module, which registers the backends: no worker setup hook, and
+    workers that never see the config (index, search and read tasks) import no model code."""
+
+    backend: str = ENCODER_BACKEND  # type: ignore[assignment]
+
+
+class ScaleGeneratorConfig(GeneratorConfig):
+    backend: str = GENERATOR_BACKEND  # type: ignore[assignment]
 
 
 def scale_config(cfg: Any, dim: int = 64) -> Any:
     """`cfg` with the hashing encoder (`dim`-d) and the template generator selected.
 
-    The run config's schema lists only product backends, so these are set on a validated copy
-    (pydantic does not re-validate assignments); use this for scale runs and tests only."""
-    register()
+    The run config's schema lists only product backends; these sections are subclasses that
+    allow the scale ones. Use this for scale runs and tests only."""
     out = cfg.model_copy(deep=True)
-    out.encoder.backend = ENCODER_BACKEND
-    out.encoder.model = f"hashing-{dim}"
-    out.generator.backend = GENERATOR_BACKEND
-    out.generator.model = "template-generator"
+    out.encoder = ScaleEncoderConfig(
+        **{**cfg.encoder.model_dump(), "backend": ENCODER_BACKEND, "model": f"hashing-{dim}"}
+    )
+    out.generator = ScaleGeneratorConfig(
+        **{
+            **cfg.generator.model_dump(),
+            "backend": GENERATOR_BACKEND,
+            "model": "template-generator",
+        }
+    )
     return out
+
+
+register()

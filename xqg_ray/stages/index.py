@@ -201,11 +201,10 @@ def build_shard(plan: ShardPlan, number: int) -> dict[str, Any]:
 
 
 def sample_entries(
-    cfg: RunConfig, plan: ShardPlan, parts: list[str], rows: list[int]
+    plan: ShardPlan, parts: list[str], rows: list[int], wanted: int | None
 ) -> np.ndarray:
     """`index.train_sample` vectors (all when unset), drawn from as few evenly spaced parts as
     hold that many rows; rows within them uniformly at random (seeded)."""
-    wanted = cfg.index.train_sample
     chosen = parts
     if wanted is not None:
         per_part = max(1, sum(rows) // max(1, len(parts)))
@@ -220,8 +219,12 @@ def sample_entries(
     return sample
 
 
-def train_task(cfg: RunConfig, plan: ShardPlan, parts: list[str], rows: list[int]) -> dict:
-    sample = sample_entries(cfg, plan, parts, rows)
+def train_task(plan: ShardPlan, parts: list[str], rows: list[int], wanted: int | None) -> dict:
+    """A task: train the plan's factory on a sample of the entries and save it."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one task, one CPU: more threads only contend
+    sample = sample_entries(plan, parts, rows, wanted)
     if len(sample) == 0:
         raise InputError(f"{plan.entries}: no entries to train the index on")
     return faiss_shards.train_index(sample, plan.out, plan.factory, plan.metric)
@@ -279,7 +282,9 @@ def build_from_parts(
         trained = _reuse_trained(plan, cfg, checksums)
         if trained is None:
             trained = _run_tasks(
-                cfg, [(train_task, cfg, plan, parts, rows)], num_gpus=_training_gpus(cfg)
+                cfg,
+                [(train_task, plan, parts, rows, cfg.index.train_sample)],
+                num_gpus=_training_gpus(cfg),
             )[0]
             key = _train_key(plan, cfg, checksums)
             write_json_atomic(join(out, "trained.json"), {"key": key, **trained})

@@ -113,8 +113,14 @@ def build(cfg: RunConfig) -> dict[str, Any]:
     """Everything up to the indices: ingest, plan, generate, encode, augment, index."""
     paths = RunPaths(cfg.root)
     enc = cfg.encoder.name
+    start = time.perf_counter()
     report: dict[str, Any] = {"ingest": ingest(cfg)}
+    planned = time.perf_counter()
     passage_parts, query_parts = make_plan(cfg)
+    report["timings"] = {
+        "ingest": planned - start,
+        "plan": time.perf_counter() - planned,
+    }
     encoder_meta = {"encoder": cfg.encoder.model_dump()}
     stats = report["stages"] = {}
     if needs_generation(cfg):
