@@ -64,15 +64,19 @@ def evaluation_queries(cfg: RunConfig):
 
 
 def make_plan(cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """Collection and query-set parts (written once; the unit of work of every later stage)."""
+    """Collection and query-set parts (written once; the unit of work of every later stage).
+
+    The passages are streamed from the corpus part by part (`plan.stream_plan`): the driver never
+    holds the corpus. The evaluation queries are small and planned whole."""
     paths = RunPaths(cfg.root)
-    passages = read_table(paths.corpus("passages"))
-    passages = plan.filter_languages(passages, cfg.collection.passage_languages, "passages")
-    passage_parts = plan.write_plan(
-        plan.with_ids(passages.select(["pid", "lang", "title", "text"])),
+    passage_parts = plan.stream_plan(
+        PartitionedTable(paths.corpus("passages")),
         paths.collection,
         cfg.collection.passages_per_part,
         {"languages": cfg.collection.passage_languages},
+        cfg.collection.passage_languages,
+        ["pid", "lang", "title", "text"],
+        "passages",
     )
     queries = evaluation_queries(cfg)
     query_meta = {
