@@ -82,15 +82,30 @@ def variants(
     return out
 
 
+def primary_encoder(cost: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> str | None:
+    """The encoder whose costs the sentences quote: the one the effectiveness was measured with
+    when the cost probe timed it, else the first timed."""
+    encoders = list((cost or {}).get("strategies", {}))
+    own = (evaluation or {}).get("encoder")
+    return own if own in encoders else next(iter(encoders), None)
+
+
+def ratio(value: float) -> str:
+    return f"{value:.3g}x"
+
+
 def setting_text(name: str, evaluation: dict, tuning: dict | None) -> str:
     if name == PUBLISHED:
         aug = evaluation["config"]["augment"]
         return f" at the published setting ({aug['reduce']}, alpha {aug['alpha']:g})"
     if name == CHOSEN and tuning:
-        chosen = tuning["chosen"]
+        chosen, published = tuning["chosen"], tuning["published"]
+        same = (chosen["reduce"], chosen["alpha"]) == (published["reduce"], published["alpha"])
         return (
             f" at the dev-chosen setting ({chosen['reduce']}, alpha {chosen['alpha']:g}, chosen "
-            f"on {tuning['dev_queries']} dev queries)"
+            f"on {tuning['dev_queries']} dev queries"
+            + ("; the published setting itself" if same else "")
+            + "; scored by exact re-mixing)"
         )
     return ""
 
@@ -108,7 +123,7 @@ def sentences(
     if dense is None:
         return ["No `dense` baseline in this run: nothing to compare against."]
     measure = (evaluation or {}).get("measures", [None])[0]
-    encoder = next(iter((cost or {}).get("strategies", {})), None)
+    encoder = primary_encoder(cost, evaluation)
     target = (cost or {}).get("target_passages")
     lines = []
     for name, row in rows.items():
@@ -118,7 +133,7 @@ def sentences(
         if encoder:
             mine, base = row["cost"][encoder], dense["cost"][encoder]
             parts.append(
-                f"indexing costs {mine['x_dense']:.1f}x dense ({mine['seconds_per_1k']:,.0f} s "
+                f"indexing costs {ratio(mine['x_dense'])} dense ({mine['seconds_per_1k']:,.0f} s "
                 f"vs {base['seconds_per_1k']:,.1f} s per 1,000 passages; {mine['dominant']} is "
                 f"{mine['dominant_share']:.0%} of it; {duration(mine['seconds_at_target'])} for "
                 f"{target:,} passages on this machine)"
@@ -132,7 +147,7 @@ def sentences(
             parts.append(
                 f"query latency {mine - base:+.3f} ms against dense's {base:.3f} ms in-process "
                 f"search p50 ({verdict} the noise band of ±{noise:.3f} ms; "
-                f"{row['search']['qps_x_dense']:.2f}x dense's QPS)"
+                f"{ratio(row['search']['qps_x_dense'])} dense's QPS in batches of 32)"
             )
         else:
             parts.append(f"query latency {NOT_MEASURED}")
@@ -151,7 +166,7 @@ def sentences(
 
 
 def verdict_line(rows: dict[str, dict[str, Any]], measure: str | None) -> str:
-    """The variant with the best effectiveness delta, and whether it beats dense significantly."""
+    """Which variants beat dense significantly on the headline measure, and the largest gain."""
     effects = {
         name: row["effect"][measure]
         for name, row in rows.items()
@@ -159,36 +174,43 @@ def verdict_line(rows: dict[str, dict[str, Any]], measure: str | None) -> str:
     }
     if not effects:
         return f"- Effectiveness against dense: {NOT_MEASURED}."
-    best = max(effects, key=lambda name: effects[name]["delta"])
-    effect = effects[best]
     winners = [
         name
         for name, e in effects.items()
         if e["delta"] > 0 and e["p"] is not None and e["p"] < SIGNIFICANCE
     ]
-    if best in winners:
-        others = len(winners) - 1
-        verdict = "beats dense significantly" + (
-            f", by the widest margin of {len(winners)} that do" if others else ", the only one"
+    best = max(effects, key=lambda name: effects[name]["delta"])
+    effect = effects[best]
+    gain = f"({effect['delta']:+.3f}, p={effect['p']:.2g})"
+    if winners:
+        named = ", ".join(f"`{name}`" for name in winners)
+        return (
+            f"- Overall on {display_name(measure)}: {named} beat dense significantly; the "
+            f"largest gain is `{best}`'s {gain}. The others do not."
+            if len(winners) < len(effects)
+            else f"- Overall on {display_name(measure)}: every variant beats dense significantly;"
+            f" the largest gain is `{best}`'s {gain}."
         )
-    elif effect["delta"] > 0:
-        verdict = "comes out ahead of dense, but not significantly"
-    else:
-        verdict = "comes closest, yet no variant beats dense"
+    if effect["delta"] > 0:
+        return (
+            f"- Overall on {display_name(measure)}: `{best}` comes out ahead of dense {gain}, "
+            "but not significantly; no variant beats dense significantly."
+        )
     return (
-        f"- Overall: `{best}` {verdict} on {display_name(measure)} "
-        f"({effect['delta']:+.3f}, p={effect['p']:.2g})."
+        f"- Overall on {display_name(measure)}: no variant beats dense; `{best}` comes closest "
+        f"{gain}."
     )
 
 
-def cost_table(cost: dict[str, Any]) -> str:
+def cost_table(cost: dict[str, Any], primary: str | None = None) -> str:
     """Indexing cost per strategy and encoder: s per 1,000 passages, x dense, at target."""
-    encoders = list(cost["strategies"])
+    encoders = sorted(cost["strategies"], key=lambda name: name != primary)
     header = ["strategy"]
     for encoder in encoders:
         header += [f"{encoder}: s / 1k", "x dense", f"at {cost['target_passages']:,}", "dominant"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for strategy in next(iter(cost["strategies"].values())):
+    measured = next(iter(cost["strategies"].values()))
+    for strategy in [s for s in STRATEGIES if s in measured]:
         cells = [f"`{strategy}`"]
         for encoder in encoders:
             row = cost["strategies"][encoder][strategy]
@@ -240,7 +262,8 @@ def query_table(latency: dict[str, Any], service: dict[str, Any] | None) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     served = (service or {}).get("strategy")
-    for strategy, row in latency["search"].items():
+    for strategy in [s for s in STRATEGIES if s in latency["search"]]:
+        row = latency["search"][strategy]
         routes = (service or {}).get("latency", {}) if strategy == served else {}
         cells = [
             f"`{strategy}`",
@@ -249,8 +272,8 @@ def query_table(latency: dict[str, Any], service: dict[str, Any] | None) -> str:
             f"{row['single']['p99_ms']:.3f}",
             f"{row['batch32_per_query_ms']:.4f}",
             f"{row['qps_batch32']:,.0f}",
-            f"{row.get('p50_x_dense', 1.0):.2f}",
-            f"{row.get('qps_x_dense', 1.0):.2f}",
+            f"{row.get('p50_x_dense', 1.0):.3g}",
+            f"{row.get('qps_x_dense', 1.0):.3g}",
         ]
         for route in ("search", "search_vectors"):
             got = routes.get(route)

@@ -413,7 +413,7 @@ def _tuning_section(tuning: dict[str, Any]) -> list[str]:
         f"then scored once on {tuning['test_queries']} test queries. The published setting is "
         f"{published['reduce']} at alpha {published['alpha']:g}. Generated queries per passage: "
         f"{q['min']} to {q['max']} (median {q['median']:g}), "
-        f"{q['passages_without_queries']} passages with none.",
+        f"passages with none: {q['passages_without_queries']}.",
         "",
         *lines,
         "",
@@ -457,7 +457,8 @@ def write_report(root: str, experiment: str) -> str:
         lines.append(
             f"Indexing costs: {cost['generation']['model']} on engine "
             f"`{cost['generation']['engine']}`, encoders {', '.join(cost['encoders'])}, on "
-            f"{cost['hardware']}; the sentences use {next(iter(cost['strategies']))}."
+            f"{cost['hardware']}; the sentences quote "
+            f"{answer.primary_encoder(cost, evaluation)}."
         )
     lines.append(
         f"Every figure is read from the measured files under `{root}`; nothing is estimated, and "
@@ -470,7 +471,8 @@ def write_report(root: str, experiment: str) -> str:
     lines += ["", "## Effectiveness on test", "", answer.effect_table(table, measures), ""]
     if cost:
         lines += ["## Indexing cost (real architectures, random weights)", ""]
-        lines += [answer.cost_table(cost), "", *answer.cost_notes(cost), ""]
+        primary = answer.primary_encoder(cost, evaluation)
+        lines += [answer.cost_table(cost, primary), "", *answer.cost_notes(cost), ""]
     if latency:
         lines += ["## Query-time cost", "", answer.query_table(latency, service), ""]
         lines += [*answer.query_notes(latency, service), ""]
