@@ -320,8 +320,11 @@ def effect_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_tradeoff(rows: dict[str, dict[str, Any]], measure: str, cost: dict[str, Any]) -> bytes:
-    """Effectiveness on test against indexing cost: one point per variant and encoder."""
+def plot_tradeoff(
+    rows: dict[str, dict[str, Any]], measure: str, cost: dict[str, Any], encoder: str
+) -> bytes:
+    """Effectiveness on test against indexing cost with the encoder effectiveness was measured
+    with: one labelled point per variant."""
     import io
 
     import matplotlib
@@ -330,21 +333,22 @@ def plot_tradeoff(rows: dict[str, dict[str, Any]], measure: str, cost: dict[str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    markers = dict(zip(cost["strategies"], "os^D", strict=False))
+    placed: dict[tuple[float, float], int] = {}
     for i, (name, row) in enumerate(rows.items()):
         effect = (row["effect"] or {}).get(measure)
-        if not effect:
+        if not effect or encoder not in row["cost"]:
             continue
-        for encoder, marker in markers.items():
-            x = row["cost"][encoder]["seconds_per_1k"]
-            label = f"{name}, {encoder}" if len(markers) > 1 else name
-            ax.scatter([x], [effect["value"]], marker=marker, color=f"C{i}", s=60, label=label)
+        x, y = row["cost"][encoder]["seconds_per_1k"], effect["value"]
+        ax.scatter([x], [y], color=f"C{i}", s=60)
+        offset = placed.get((round(x), round(y, 3)), 0)
+        placed[(round(x), round(y, 3))] = offset + 1
+        ax.annotate(name, (x, y), xytext=(6, 6 - 11 * offset), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel(f"indexing cost, s per 1,000 passages ({cost['hardware']})", fontsize=8)
+    ax.set_xlabel(f"indexing cost, s per 1,000 passages, on {cost['hardware']}", fontsize=8)
     ax.set_ylabel(f"{display_name(measure)} on test")
     gen = cost["generation"]
-    ax.set_title(f"effectiveness vs indexing cost; generation {gen['model']}", fontsize=8)
-    ax.legend(fontsize=6, loc="best")
+    ax.set_title(f"generation: {gen['model']}, {gen['engine']}; encoder {encoder}", fontsize=7)
+    ax.margins(x=0.3, y=0.15)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -466,7 +466,9 @@ def write_report(root: str, experiment: str) -> str:
     )
     plots: dict[str, bytes | None] = {"index_cost": plot_index_cost(rows)}
     if evaluation and cost:
-        plots["tradeoff"] = answer.plot_tradeoff(table, measures[0], cost)
+        plots["tradeoff"] = answer.plot_tradeoff(
+            table, measures[0], cost, answer.primary_encoder(cost, evaluation)
+        )
         lines += ["", "![effectiveness against indexing cost](tradeoff.png)"]
     lines += ["", "## Effectiveness on test", "", answer.effect_table(table, measures), ""]
     if cost:
