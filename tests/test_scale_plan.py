@@ -63,3 +63,80 @@ def test_stream_plan_resumes_missing_parts_and_names_missing_languages(tmp_path)
     assert target.read().equals(before)
     with pytest.raises(ConfigError, match=r"no rows in language\(s\) \['fi'\]"):
         plan.stream_plan(source, str(tmp_path / "fi"), 8, {}, ["fi", "en"], COLUMNS, "passages")
+
+
+def _generic_files(folder):
+    import pyarrow.parquet as pq
+
+    n = 250
+    passages = corpus(n)
+    pq.write_table(passages, folder / "passages.parquet", row_group_size=40)
+    queries = pa.table(
+        {
+            "qid": [f"q{i}" for i in range(12)],
+            "text": [f"question {i}" for i in range(12)],
+            "lang": ["en", "de", "ar"] * 4,
+        }
+    )
+    pq.write_table(queries, folder / "queries.parquet")
+    # queries 0..9 judged (one per passage), 10 and 11 unjudged
+    lines = [f"q{i} 0 p{i * 7} 1" for i in range(10)]
+    (folder / "qrels.txt").write_text("\n".join(lines) + "\n")
+    return {k: str(folder / f) for k, f in
+            (("passages", "passages.parquet"), ("queries", "queries.parquet"),
+             ("qrels", "qrels.txt"))}  # fmt: skip
+
+
+@pytest.mark.parametrize("languages", [None, ["de", "en"]])
+def test_streamed_ingest_writes_the_tables_the_whole_corpus_load_writes(
+    tmp_path, monkeypatch, languages
+):
+    from xqg_ray.config import RunConfig
+    from xqg_ray.paths import RunPaths
+    from xqg_ray.stages import pipeline
+
+    files = _generic_files(tmp_path)
+    monkeypatch.setattr(pipeline, "INGEST_BLOCK", 60)  # several blocks and parts
+
+    def run(root: str, streamed: bool):
+        cfg = RunConfig.model_validate(
+            {"root": root, "dataset": {"name": "generic", "languages": languages, **files}}
+        )
+        assert pipeline.streams(cfg.dataset)
+        if not streamed:
+            monkeypatch.setattr(pipeline, "streams", lambda dataset: False)
+        counts = pipeline.ingest(cfg)
+        monkeypatch.undo()
+        monkeypatch.setattr(pipeline, "INGEST_BLOCK", 60)
+        paths = RunPaths(root)
+        return counts, {t: PartitionedTable(paths.corpus(t)).read() for t in counts}
+
+    streamed_counts, streamed = run(str(tmp_path / "streamed"), True)
+    whole_counts, whole = run(str(tmp_path / "whole"), False)
+    assert streamed_counts == whole_counts
+    for name in ("passages", "queries", "qrels"):
+        assert streamed[name].equals(whole[name]), name
+    parts = PartitionedTable(RunPaths(str(tmp_path / "streamed")).corpus("passages"))
+    assert len(parts.committed_parts()) == 5  # 250 rows in blocks of 60
+
+
+def test_streamed_ingest_finds_duplicate_ids_across_blocks(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from xqg_ray.config import RunConfig
+    from xqg_ray.errors import InputError
+    from xqg_ray.stages import pipeline
+
+    table = corpus(100)
+    pids = table["pid"].to_pylist()
+    pids[90] = "p3"
+    pq.write_table(table.set_column(0, "pid", pa.array(pids)), tmp_path / "p.parquet")
+    monkeypatch.setattr(pipeline, "INGEST_BLOCK", 30)
+    cfg = RunConfig.model_validate(
+        {
+            "root": str(tmp_path / "run"),
+            "dataset": {"name": "generic", "passages": str(tmp_path / "p.parquet")},
+        }
+    )
+    with pytest.raises(InputError, match=r"row 90: duplicate pid 'p3' \(first at row 3\)"):
+        pipeline.ingest(cfg)

@@ -53,10 +53,11 @@ def empty_table(kind: str) -> pa.Table:
     return BASE_SCHEMAS[kind].empty_table()
 
 
-def check_table(table: pa.Table, kind: str, source: str) -> None:
+def check_table(table: pa.Table, kind: str, source: str, first_row: int = 0) -> None:
     """Base columns present and typed, ids unique and non-null, text non-empty.
 
-    `source` names the table in errors (a file, or `corpus <name> passages`).
+    `source` names the table in errors (a file, or `corpus <name> passages`); `first_row` is the
+    row number of the table's first row when it is a block of a larger file.
     """
     base = BASE_SCHEMAS[kind]
     for position, expected in enumerate(base):
@@ -72,29 +73,37 @@ def check_table(table: pa.Table, kind: str, source: str) -> None:
         nulls = pc.is_null(table[field])
         if pc.any(nulls).as_py():
             row = _first_true(nulls)
-            raise InputError(f"{source}: row {row}: field {field!r} is missing (null)")
+            raise InputError(f"{source}: row {row + first_row}: field {field!r} is missing (null)")
     if kind in ID_FIELDS:
-        _check_unique(table, ID_FIELDS[kind], source)
+        _check_unique(table, ID_FIELDS[kind], source, first_row)
         blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table["text"])), 0)
         if pc.any(blank).as_py():
             row = _first_true(blank)
             ident = table[ID_FIELDS[kind]][row].as_py()
             raise InputError(
-                f"{source}: row {row} ({ID_FIELDS[kind]} {ident!r}): field 'text' is empty"
+                f"{source}: row {row + first_row} ({ID_FIELDS[kind]} {ident!r}): "
+                "field 'text' is empty"
             )
 
 
-def _check_unique(table: pa.Table, field: str, source: str) -> None:
+def _check_unique(table: pa.Table, field: str, source: str, first_row: int = 0) -> None:
     column = table[field]
     if len(pc.unique(column)) == len(column):
         return
     seen: dict[str, int] = {}
-    for row, value in enumerate(column.to_pylist()):
+    for row, value in enumerate(column.to_pylist(), start=first_row):
         if value in seen:
             raise InputError(
                 f"{source}: row {row}: duplicate {field} {value!r} (first at row {seen[value]})"
             )
         seen[value] = row
+
+
+def check_unique(column: pa.ChunkedArray, field: str, source: str) -> None:
+    """Ids unique across the blocks of a file (checked once, in Arrow; the row of the first
+    duplicate is found with a Python pass only when there is one)."""
+    if pc.count_distinct(column).as_py() != len(column):
+        _check_unique(pa.table({field: column}), field, source)
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:

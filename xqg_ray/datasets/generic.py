@@ -9,10 +9,12 @@ through fsspec, so s3:// URLs work like local paths.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from xqg_ray.datasets.corpus import (
     BASE_SCHEMAS,
@@ -26,6 +28,7 @@ from xqg_ray.datasets.readers import (
     file_format,
     iter_jsonl,
     iter_text_lines,
+    open_binary,
     read_parquet,
     require,
     require_id,
@@ -76,7 +79,29 @@ def _column_type(kind: str, field: str) -> pa.DataType:
 
 
 def _from_parquet(url: str, kind: str) -> pa.Table:
-    raw = read_parquet(url)
+    return _convert(read_parquet(url), url, kind)
+
+
+def iter_parquet_passages(url: str, block_rows: int = 100_000) -> Iterator[pa.Table]:
+    """The passages of a Parquet file in blocks of at most `block_rows`, each converted and
+    checked like `read_records` does (errors count rows from the file's start); ids are unique
+    within a block, across blocks the caller checks (`corpus.check_unique`)."""
+    with open_binary(url) as handle:
+        try:
+            file = pq.ParquetFile(handle)
+            first = 0
+            for batch in file.iter_batches(batch_size=block_rows):
+                table = _convert(pa.Table.from_batches([batch]), url, "passages")
+                check_table(table, "passages", url, first_row=first)
+                first += table.num_rows
+                yield table
+            if first == 0:
+                yield _convert(file.schema_arrow.empty_table(), url, "passages")
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
+
+
+def _convert(raw: pa.Table, url: str, kind: str) -> pa.Table:
     columns: dict[str, Any] = {}
     for field in _wanted_fields(kind):
         if field in raw.column_names:
@@ -134,9 +159,15 @@ def _optional(record: dict[str, Any], field: str, where: str) -> Any:
     return require(record, field, where)
 
 
-def read_trec_qrels(url: str, qids: set[str], pids: set[str]) -> pa.Table:
-    """TREC qrels (`qid iteration pid relevance`), each id checked against the loaded tables."""
+def read_trec_qrels(
+    url: str, qids: set[str], pids: set[str] | pa.Array | pa.ChunkedArray
+) -> pa.Table:
+    """TREC qrels (`qid iteration pid relevance`), each id checked against the loaded tables.
+
+    `pids` may be an Arrow array (a corpus-sized id column is then never turned into Python)."""
     rows: dict[str, list[Any]] = {"qid": [], "pid": [], "relevance": []}
+    by_set = isinstance(pids, (set, frozenset))
+    lines: list[int] = []
     for number, line in iter_text_lines(url):
         fields = line.split()
         if not fields:
@@ -153,10 +184,20 @@ def read_trec_qrels(url: str, qids: set[str], pids: set[str]) -> pa.Table:
             ) from exc
         if qid not in qids:
             raise InputError(f"{where}: field 'qid' refers to {qid!r}, which is not in the queries")
-        if pid not in pids:
+        if by_set and pid not in pids:
             raise InputError(
                 f"{where}: field 'pid' refers to {pid!r}, which is not in the passages"
             )
         rows["qid"].append(qid)
         rows["pid"].append(pid)
-    return build_table("qrels", rows)
+        lines.append(number)
+    table = build_table("qrels", rows)
+    if not by_set and table.num_rows:
+        unknown = pc.invert(pc.is_in(table["pid"], value_set=pids))
+        if pc.any(unknown).as_py():
+            row = pc.indices_nonzero(unknown)[0].as_py()
+            raise InputError(
+                f"{url}: line {lines[row]}: field 'pid' refers to {table['pid'][row].as_py()!r}, "
+                "which is not in the passages"
+            )
+    return table
