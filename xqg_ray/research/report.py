@@ -16,6 +16,7 @@ import argparse
 import io
 from typing import Any
 
+from xqg_ray.config import STRATEGIES
 from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
 from xqg_ray.research import answer
@@ -134,7 +135,8 @@ def summarize(
     measured)."""
     passages = stats.get("encode-passages", {}).get("rows_in")
     index = stats.get("index", {})
-    strategies = list(index) or list((evaluation or {}).get("strategies", {}))
+    found = set(index) or set((evaluation or {}).get("strategies", {}))
+    strategies = [s for s in STRATEGIES if s in found]  # JSON files keep their keys sorted
     search_rows = sweeps.get("search", {}).get("rows", [])
     rows = {}
     for strategy in strategies:
