@@ -97,7 +97,12 @@ class GeneratorConfig(_Strict):
     )
     queries_per_language: int = Field(default=5, ge=1)
     max_input_length: int = Field(default=256, ge=1)
-    max_new_tokens: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(
+        default=31,
+        ge=1,
+        description="New tokens, EOS included: the official max_length=32 counts the decoder "
+        "start token, so 31.",
+    )
     do_sample: bool = True
     top_k: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=1)
