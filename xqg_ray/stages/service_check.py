@@ -1,7 +1,8 @@
 """Start the search service on a run's index, query it, and compare with the offline run.
 
-The demo's end-to-end check: the HTTP service (its own query encoder, one deployment per shard,
-the router's merge) must rank exactly as the offline batch search did for the same queries.
+The demo's end-to-end check: the HTTP service (its own query encoder, the layout it picks for
+the index, the router's merge) must rank exactly as the offline batch search did for the same
+queries; then its latency per request, for the research report.
 """
 
 from __future__ import annotations
