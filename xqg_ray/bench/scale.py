@@ -191,6 +191,10 @@ class WorkerPeak:
                     self.peak, self.peak_name = rss, command
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def request_count(endpoint: str | None) -> int | None:
     if not endpoint:
         return None
@@ -236,6 +240,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         report = build(cfg)
         built = time.perf_counter()
+        peak_after_build = _peak_rss_mb()
         metrics = evaluate(cfg)
         done = time.perf_counter()
     ray.shutdown()
@@ -256,6 +261,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "build_seconds": built - start,
         "stage_seconds": stages,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_rss_after_build_mb": peak_after_build,
         "largest_worker_peak_rss_mb": workers.peak / 2**20,
         "largest_worker": workers.peak_name,
         "bytes_written": sum(stored.values()),

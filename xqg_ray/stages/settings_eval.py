@@ -342,11 +342,16 @@ def monolingual_languages(setting: Setting) -> frozenset[str]:
 def ranked_passage_texts(
     cfg: RunConfig, runs: dict[tuple[str, Languages], pa.Table]
 ) -> dict[str, str]:
-    """pid -> text of every ranked passage (what R@kt reads), read from the collection once."""
+    """pid -> text of every ranked passage (what R@kt reads), read from the collection once,
+    part by part, keeping only the ranked ones (never the whole collection's texts at once)."""
     ranked = pa.concat_tables(list(runs.values()))["pid"].unique()
-    table = PartitionedTable(RunPaths(cfg.root).collection).read(columns=["pid", "text"])
-    table = table.filter(pc.is_in(table["pid"], value_set=ranked))
-    return dict(zip(table["pid"].to_pylist(), table["text"].to_pylist(), strict=True))
+    collection = PartitionedTable(RunPaths(cfg.root).collection)
+    texts: dict[str, str] = {}
+    for part in sorted(collection.manifest()["parts"]):
+        table = collection.read_part(part, columns=["pid", "text"])
+        table = table.filter(pc.is_in(table["pid"], value_set=ranked))
+        texts.update(zip(table["pid"].to_pylist(), table["text"].to_pylist(), strict=True))
+    return texts
 
 
 def trec_qrels_text(qrels: pa.Table) -> str:
