@@ -302,6 +302,21 @@ server.serve_forever()
 """.replace("COUNTER_PATH", COUNTER_PATH)
 
 
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put the AWS variables back as they were (the benchmark may run inside another program)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def start_s3() -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-c", MOTO_SERVER], stdout=subprocess.PIPE, text=True
@@ -352,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     workdir = Path(args.workdir).resolve()
+    saved = {key: os.environ.get(key) for key in S3_ENV}
     server, endpoint = start_s3() if args.s3 else (None, "")
     runs = []
     try:
@@ -389,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if server is not None:
             server.terminate()
             server.wait()
+            restore_env(saved)
     results = {
         "benchmark": "scale",
         "note": "hashing encoder and template generator (scale stand-ins): pipeline cost only",
