@@ -88,9 +88,11 @@ def iter_parquet_passages(url: str, block_rows: int = 100_000) -> Iterator[pa.Ta
     within a block, across blocks the caller checks (`corpus.check_unique`)."""
     with open_binary(url) as handle:
         try:
-            file = pq.ParquetFile(handle)
+            # one block at a time, decoded in this thread: the threaded reader reads ahead and
+            # its buffers stay with the allocator, which made the driver grow with the file
+            file = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
             first = 0
-            for batch in file.iter_batches(batch_size=block_rows):
+            for batch in file.iter_batches(batch_size=block_rows, use_threads=False):
                 table = _convert(pa.Table.from_batches([batch]), url, "passages")
                 check_table(table, "passages", url, first_row=first)
                 first += table.num_rows
