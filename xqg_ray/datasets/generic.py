@@ -99,7 +99,7 @@ def iter_parquet_passages(url: str, block_rows: int = 100_000) -> Iterator[pa.Ta
                 yield table
             if first == 0:
                 yield _convert(file.schema_arrow.empty_table(), url, "passages")
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
 
 

@@ -89,8 +89,10 @@ def iter_tsv(url: str) -> Iterator[tuple[int, list[str]]]:
 def read_parquet(url: str) -> pa.Table:
     with open_binary(url) as handle:
         try:
-            return pq.read_table(handle)
-        except (pa.ArrowInvalid, OSError) as exc:
+            table = pq.read_table(handle)
+            table.schema.names  # noqa: B018 - a damaged file can hold names that are not UTF-8
+            return table
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
 
 
