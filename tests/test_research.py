@@ -73,6 +73,15 @@ def test_evaluation_reports_test_queries_only(run):
     assert run["evaluation"]["split"] == "test"
 
 
+def test_stage_stats_record_the_engine_of_every_model_stage(run):
+    paths = RunPaths(run["cfg"].root)
+    stats = {
+        s: json.loads(Path(paths.stats(s)).read_text()) for s in ("generate", "encode-passages")
+    }
+    assert stats["generate"]["engine"].startswith("lookup (question-split stand-in")
+    assert stats["encode-passages"]["engine"]  # e.g. ctranslate2-int8 or torch-float32
+
+
 def test_x_en_headline_averages_the_cross_lingual_language_only(run):
     dense = run["evaluation"]["strategies"]["dense"]
     assert dense["cross_lingual_languages"] == ["de"]

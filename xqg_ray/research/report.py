@@ -493,6 +493,14 @@ def write_report(root: str, experiment: str) -> str:
         "",
         summary_table(rows, measures),
         "",
+        "Engines of this build: "
+        + "; ".join(
+            f"{stage} `{stats[stage]['engine']}`"
+            for stage in ("generate", "encode-passages", "encode-generated")
+            if stats.get(stage, {}).get("engine")
+        )
+        + ".",
+        "",
     ]
     if plots["index_cost"]:
         lines += ["![this build's index-time cost](index_cost.png)", ""]

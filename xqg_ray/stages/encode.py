@@ -83,6 +83,7 @@ class EncodeTask:
         self.cfg = cfg
         paths = RunPaths(cfg.root)
         self.encoder = load_encoder(cfg.encoder)
+        self.engine = getattr(self.encoder, "engine", cfg.encoder.backend)
         generated = paths.generated(cfg.generator.name)
         sources = {
             "passages": paths.collection,
@@ -161,7 +162,10 @@ class EncodeTask:
                 written,
                 mix_passages=passages,
                 mix_seconds=mix_seconds,
+                engine=self.engine,
             )
         table = self.encode(part, rows)
         record = self.target.write_part(part, table)
-        return part_result(part, rows.num_rows, table.num_rows, {self.target.url: record})
+        return part_result(
+            part, rows.num_rows, table.num_rows, {self.target.url: record}, engine=self.engine
+        )

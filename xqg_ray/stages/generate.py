@@ -44,8 +44,9 @@ def generate_part(query_fn: QueryFn, passages: pa.Table, languages: Sequence[str
     return pa.table({"pid": pids, "lang": langs, "k": ks, "text": texts}, schema=GENERATED)
 
 
-def build_query_fn(cfg: RunConfig) -> QueryFn:
-    """The configured generator as a QueryFn: an HF seq2seq model or the question-split stand-in."""
+def build_query_fn(cfg: RunConfig) -> tuple[QueryFn, str]:
+    """The configured generator as a QueryFn, and the engine it runs on (recorded in the stage's
+    stats): an HF seq2seq model on its fastest engine, or the question-split stand-in."""
     gen = cfg.generator
     if gen.backend == "question_split":
         paths = RunPaths(cfg.root)
@@ -56,12 +57,18 @@ def build_query_fn(cfg: RunConfig) -> QueryFn:
             gen.queries_per_language,
             cfg.split.seed,
         )
-        return lambda passages, lang: standin.generate_for(passages["pid"].to_pylist(), lang)
+        return (
+            lambda passages, lang: standin.generate_for(passages["pid"].to_pylist(), lang),
+            standin.engine,
+        )
     from xqg_ray.models.generator import load_generator
 
     model = load_generator(gen)
-    return lambda passages, lang: model.generate(
-        passages["title"].to_pylist(), passages["text"].to_pylist(), lang
+    return (
+        lambda passages, lang: model.generate(
+            passages["title"].to_pylist(), passages["text"].to_pylist(), lang
+        ),
+        getattr(model, "engine", gen.backend),
     )
 
 
@@ -75,10 +82,16 @@ class GenerateTask:
         self.languages = cfg.generator.languages
         self.source = PartitionedTable(paths.collection)
         self.target = PartitionedTable(paths.generated(cfg.generator.name))
-        self.query_fn = build_query_fn(cfg)
+        self.query_fn, self.engine = build_query_fn(cfg)
 
     def __call__(self, part: str) -> dict:
         passages = self.source.read_part(part)
         generated = generate_part(self.query_fn, passages, self.languages)
         record = self.target.write_part(part, generated)
-        return part_result(part, passages.num_rows, generated.num_rows, {self.target.url: record})
+        return part_result(
+            part,
+            passages.num_rows,
+            generated.num_rows,
+            {self.target.url: record},
+            engine=self.engine,
+        )

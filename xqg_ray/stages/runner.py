@@ -26,10 +26,15 @@ PartTask = Callable[[str], dict[str, Any]]
 
 
 def part_result(
-    part: str, rows_in: int, rows_out: int, written: dict[str, dict[str, Any]], **extra: float
+    part: str,
+    rows_in: int,
+    rows_out: int,
+    written: dict[str, dict[str, Any]],
+    **extra: float | str,
 ) -> dict[str, Any]:
     """What a part task returns: its counts and, per table URL, the record `write_part` gave
-    (`extra`: further per-part timings, summed into the stage's stats).
+    (`extra`: further per-part timings, summed into the stage's stats, or labels such as the
+    model's `engine`, collected).
 
     The records travel as one JSON string, a plain column in a Ray Data batch."""
     return {
@@ -229,7 +234,11 @@ def run_stage(
         "backend": "ray-data" if ray_cfg.enabled else "local",
     }
     for key in sorted({key for row in rows for key in row} - set(stats) - STATS_ROW_KEYS):
-        stats[key] = sum(row.get(key, 0) for row in rows)
+        values = [row[key] for row in rows if key in row]
+        if any(isinstance(value, str) for value in values):
+            stats[key] = ", ".join(sorted({str(value) for value in values}))
+        else:
+            stats[key] = sum(values)
     write_json_atomic(stats_url, stats)
     return stats
 
