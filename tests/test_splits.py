@@ -90,11 +90,8 @@ def _english_pids(corpus):
 def test_standin_gives_every_passage_exactly_n_per_language(corpus, roles):
     generator = QuestionSplitGenerator(corpus.queries, corpus.qrels, roles, 5, seed=0)
     pids = _english_pids(corpus)
-    held_in = {
-        pid
-        for qid, pid in zip(corpus.qrels["qid"].to_pylist(), corpus.qrels["pid"].to_pylist())
-        if roles[qid] == GENERATION
-    }
+    qrels = zip(corpus.qrels["qid"].to_pylist(), corpus.qrels["pid"].to_pylist(), strict=True)
+    held_in = {pid for qid, pid in qrels if roles[qid] == GENERATION}
     for lang in LANGUAGES:
         counts = [len(q) for q in generator.generate_for(pids, lang)]
         for pid, count in zip(pids, counts, strict=True):
@@ -105,10 +102,13 @@ def test_standin_gives_every_passage_exactly_n_per_language(corpus, roles):
 
 def test_standin_draws_only_held_in_questions_of_its_passage_and_language(corpus, roles):
     generator = QuestionSplitGenerator(corpus.queries, corpus.qrels, roles, 5, seed=0)
-    texts = dict(zip(corpus.queries["qid"].to_pylist(), corpus.queries["text"].to_pylist()))
+    texts = dict(
+        zip(corpus.queries["qid"].to_pylist(), corpus.queries["text"].to_pylist(), strict=True)
+    )
     allowed = defaultdict(set)
     evaluated_texts = set()
-    for qid, pid in zip(corpus.qrels["qid"].to_pylist(), corpus.qrels["pid"].to_pylist()):
+    qrels = zip(corpus.qrels["qid"].to_pylist(), corpus.qrels["pid"].to_pylist(), strict=True)
+    for qid, pid in qrels:
         if roles[qid] == GENERATION:
             allowed[(pid, qid.split("-", 1)[0])].add(texts[qid])
     for qid, role in roles.items():
