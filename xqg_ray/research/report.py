@@ -70,10 +70,12 @@ def read_sweeps(results: str) -> dict[str, dict[str, Any]]:
 
 
 def per_thousand(stats: dict[str, Any], stages: list[str], passages: int | None) -> float | None:
-    """Seconds per 1,000 passages spent in `stages`; None when one of them was not recorded."""
+    """Seconds per 1,000 passages spent in `stages`; None when one of them was not recorded. A
+    stage fused into another (xqg mixed inside the encoder actors) is already in that one's."""
     if passages is None or any(stage not in stats for stage in stages):
         return None
-    return 1000 * sum(stats[stage]["seconds"] for stage in stages) / passages
+    seconds = [stats[s].get("seconds", 0.0) for s in stages if not stats[s].get("fused_into")]
+    return 1000 * sum(seconds) / passages
 
 
 def latency_summary(rows: list[dict[str, Any]], strategy: str) -> dict[str, Any]:
