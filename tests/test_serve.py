@@ -279,13 +279,14 @@ def good_vectors(n: int = 1) -> list[list[float]]:
             "include_text needs the corpus",
         ),
         (None, '{"vectors": [[1.0, 2.0', 422, "JSON decode error"),
-        (None, "[" + "1.0," * 5000 + "1.0]", 413, "Content Too Large"),
+        (None, "[" + "1.0," * 5000 + "1.0]", 413, "request body larger than 16384 bytes"),
     ],
 )
 def test_bad_vector_requests_get_a_4xx_that_says_why(service, body, raw, status, message):
     response = post(service["vec_url"] + "/search_vectors", body, raw)
     assert response.status_code == status
     assert message in response.text
+    assert response.headers["content-type"] == "application/json"  # the documented error body
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials as Credentials
 from fastapi.security import HTTPBearer
+from starlette.datastructures import Headers
 
 import xqg_ray
 from xqg_ray.errors import InputError, XqgError
@@ -64,6 +65,37 @@ class Router(Protocol):
     def stats_snapshot(self) -> dict: ...
 
 
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with a 413 in the API's JSON error shape: from
+    its Content-Length at once, or, for a body without one, as soon as it grows past the limit.
+    (Starlette's own limiter answers in plain text, which the API does not document.)"""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"request body larger than {self.limit} bytes"
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await _error(413, detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # handled by FastAPI: a JSON 413
+                raise HTTPException(413, detail)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 class RequestRecorder:
     """ASGI middleware: records each request's status and latency per route for /stats."""
 
@@ -110,9 +142,9 @@ def build_api(router: Router) -> FastAPI:
         openapi_url="/openapi.json" if open_docs else None,
         docs_url="/docs" if open_docs else None,
         redoc_url=None,
-        max_body_size=router.limits.max_body_bytes,  # larger bodies: 413 before parsing
     )
     api.add_middleware(RequestRecorder, stats=router.stats)
+    api.add_middleware(BodyLimit, limit=router.limits.max_body_bytes)  # 413 before parsing
 
     def require_token(credentials: Annotated[Credentials | None, Depends(BEARER)]) -> None:
         if router.token is None:
