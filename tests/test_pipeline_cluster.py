@@ -74,6 +74,20 @@ def _wait_for_parts(url: str, at_least: int, timeout: float = 120) -> int:
 
 
 # runs first, before the cluster fixture starts a cluster the driver could join
+def _settled_parts(table: PartitionedTable, quiet_s: float = 3.0, limit_s: float = 60.0) -> int:
+    """Committed parts once no more arrive: a worker of the killed driver may still be finishing
+    the part it was writing (its data, then its record) when the driver dies."""
+    deadline = time.monotonic() + limit_s
+    count = len(table.committed_parts())
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = len(table.committed_parts())
+        if now == count:
+            return count
+        count = now
+    raise AssertionError(f"{table.url}: parts still arriving {limit_s} s after the kill")
+
+
 def test_killed_driver_resumes_with_only_missing_parts(reference, tmp_path):
     cfg = _copy(reference, str(tmp_path / "killed"), ray={"progress_bars": False, "num_cpus": 2})
     config_file = tmp_path / "run.yaml"
@@ -93,8 +107,8 @@ def test_killed_driver_resumes_with_only_missing_parts(reference, tmp_path):
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     table = PartitionedTable(generated)
+    done = _settled_parts(table)
     assert not table.is_complete(), "the stage finished before the kill: nothing to resume"
-    done = len(table.committed_parts())
     resumed = build(cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"enabled": False})}))
     assert resumed["stages"]["generate"]["parts_computed"] == 12 - done
     assert_same_outputs(reference, cfg)
