@@ -464,6 +464,12 @@ def load_shard(
     if not 0 <= shard < len(shards):
         raise InputError(f"{index_url}: shard {shard} does not exist (index has {len(shards)})")
     path = _verified_local_file(index_url, shards[shard], local_dir)
+    return read_shard_file(path, manifest, shard, mmap)
+
+
+def read_shard_file(path: str, manifest: dict, shard: int, mmap: bool = True) -> faiss.Index:
+    """A verified local shard file as an index (memory-mapped where the index type allows),
+    checked against the manifest's count and dimension, with its search parameters set."""
     index = None
     if mmap:
         try:
@@ -475,10 +481,11 @@ def load_shard(
             index = faiss.read_index(path)
         except RuntimeError as exc:
             raise StorageError(f"{path}: FAISS cannot read this shard: {exc}") from exc
-    if index.d != manifest["dimension"] or index.ntotal != shards[shard]["count"]:
+    expected = manifest["shards"][shard]["count"]
+    if index.d != manifest["dimension"] or index.ntotal != expected:
         raise StorageError(
             f"{path}: shard holds {index.ntotal} vectors of dimension {index.d}, manifest says "
-            f"{shards[shard]['count']} of dimension {manifest['dimension']}"
+            f"{expected} of dimension {manifest['dimension']}"
         )
     if manifest.get("search_params"):
         _apply_search_params(index, manifest["search_params"])

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from xqg_ray import storage
 from xqg_ray.errors import InputError, StorageError
-from xqg_ray.index.shards import MMAP_FLAGS
+from xqg_ray.index.shards import read_shard_file
 
 DEFAULT_CACHE_DIR = os.path.join(tempfile.gettempdir(), "xqg-ray-shard-cache")
 
@@ -97,29 +97,7 @@ def load_shard_cached(
     shards = manifest["shards"]
     if not 0 <= shard < len(shards):
         raise InputError(f"{index_url}: shard {shard} does not exist (index has {len(shards)})")
-    path = cached_file(index_url, shards[shard], cache_dir)
-    index = None
-    if mmap:
-        try:
-            index = faiss.read_index(path, MMAP_FLAGS)
-        except RuntimeError:
-            index = None  # this index type cannot be memory-mapped: read it normally
-    if index is None:
-        try:
-            index = faiss.read_index(path)
-        except RuntimeError as exc:
-            raise StorageError(f"{path}: FAISS cannot read this shard: {exc}") from exc
-    if index.d != manifest["dimension"] or index.ntotal != shards[shard]["count"]:
-        raise StorageError(
-            f"{path}: shard holds {index.ntotal} vectors of dimension {index.d}, manifest says "
-            f"{shards[shard]['count']} of dimension {manifest['dimension']}"
-        )
-    if manifest.get("search_params"):
-        try:
-            faiss.ParameterSpace().set_index_parameters(index, manifest["search_params"])
-        except RuntimeError as exc:
-            raise InputError(f"search_params do not apply to this index: {exc}") from exc
-    return index
+    return read_shard_file(cached_file(index_url, shards[shard], cache_dir), manifest, shard, mmap)
 
 
 def load_entry_map_cached(
