@@ -1,4 +1,4 @@
-"""The strategies' arithmetic (DESIGN section 2), checked against values worked out by hand."""
+"""The strategies' arithmetic (docs/architecture.md), checked against values worked out by hand."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ class EncoderConfig(_Strict):
 
 
 class GeneratorConfig(_Strict):
-    """A query generator; defaults are the published xQG settings (DESIGN section 2)."""
+    """A query generator; defaults are the published xQG settings (docs/architecture.md)."""
 
     backend: Literal["hf", "question_split"] = "hf"
     model: str = Field(
@@ -227,7 +227,7 @@ class CollectionConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """The strategies to build and their parameters (DESIGN section 2)."""
+    """The strategies to build and their parameters (docs/architecture.md)."""
 
     strategies: list[Literal["dense", "xqg", "expand", "multivector"]] = Field(
         default_factory=lambda: list(STRATEGIES)

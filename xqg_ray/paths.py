@@ -1,4 +1,4 @@
-"""The run-root layout in one place (DESIGN section 3), so no stage spells a path by hand."""
+"""The run-root layout in one place (docs/architecture.md), so no stage spells a path by hand."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Generation and encoding engines side by side: Hugging Face / torch against CTranslate2 and
 ONNX Runtime, on the shapes xQG runs, in one process and one run.
 
-Throughput does not depend on weights (DESIGN section 5): models are built from configs with the
+Throughput does not depend on weights (docs/architecture.md): models are built from configs with the
 shapes of `google/mt5-small`, `google/mt5-base`, `bert-base-multilingual-cased` and
 `xlm-roberta-base`, with random weights, and fed random token ids. Generation uses the published
 decoding (top-k 10, 5 samples per passage) with a fixed output length (EOS suppressed), so every

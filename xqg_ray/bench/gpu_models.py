@@ -1,7 +1,7 @@
 """Throughput of the two models xQG runs, mT5-base generation and mBERT-base encoding, the
 optimised way against the naive way, and the share of the hardware's peak it reaches.
 
-Throughput does not depend on weights (DESIGN section 5), so both models are built offline from
+Throughput does not depend on weights (docs/architecture.md), so both models are built offline from
 hand-written configs with the shapes of `google/mt5-base` and `bert-base-multilingual-cased` and
 random weights; inputs are random token ids. Output length is fixed (`min_new_tokens =
 max_new_tokens`), so every variant does the same work.

@@ -1,4 +1,4 @@
-"""The offline stand-in for mT5: human-written questions of a disjoint split (DESIGN section 5).
+"""The offline stand-in for mT5: human-written questions of a disjoint split (docs/architecture.md).
 
 No mT5 weights are reachable offline, so for a meaningful demo the questions of the generation
 split (`datasets/splits.py`) stand in for generated queries: an upper bound for a perfect

@@ -30,7 +30,7 @@ from xqg_ray.storage import (
 )
 
 NOT_MEASURED = answer.NOT_MEASURED
-# The build stages whose seconds a strategy's index costs (DESIGN section 2): generation, then
+# The build stages whose seconds a strategy's index costs (docs/architecture.md): generation, then
 # everything that encodes or mixes vectors for it.
 COST_STAGES = {
     "dense": {"generation": [], "encoding": ["encode-passages"]},

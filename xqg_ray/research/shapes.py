@@ -1,7 +1,7 @@
 """Random-weight checkpoints of the real architectures, built offline: they measure cost only.
 
-Throughput does not depend on the weights (DESIGN section 5 of the team's notes; see
-docs/architecture.md), so the research report times generation and encoding with models of the
+Throughput does not depend on the weights (docs/architecture.md, "Stand-ins and random
+weights"), so the research report times generation and encoding with models of the
 published shapes (`google/mt5-base`, `bert-base-multilingual-cased`) and random weights, saved
 with `save_pretrained` and loaded back through the product's own loading code and engines. Their
 outputs are meaningless: never use them to measure quality. The tokenizer is a small

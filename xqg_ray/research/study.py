@@ -1,6 +1,6 @@
 """After the build and the evaluation: tuning on dev, cost probes, query-time probes, the report.
 
-Each step writes one JSON file under `results/<experiment>/` (DESIGN section 3's results folder),
+Each step writes one JSON file under `results/<experiment>/` (docs/architecture.md, "The run root"),
 so the report can be re-rendered from files alone, and any step can be rerun by itself.
 """
 

@@ -1,4 +1,4 @@
-"""The augmentation strategies as pure array functions (DESIGN section 2).
+"""The augmentation strategies as pure array functions (docs/architecture.md, "Data flow").
 
 `xqg` folds generated-query embeddings into the passage embedding; `expand` appends the generated
 queries to the passage text (doc2query-style); `multivector` keeps every vector as its own index

@@ -1,7 +1,7 @@
 """Encode stage: passages, evaluation queries, generated queries and expanded passages.
 
 Each kind reads part N of its source and writes part N of its embeddings table, with its own max
-length (queries 32, passages 128, `expand` longer: DESIGN section 2).
+length (queries 32, passages 128, `expand` longer: docs/architecture.md, "Data flow").
 
 The actor that encodes part N's generated queries also folds them in on the spot (the fused xqg
 path): it reads part N's passage vectors and writes part N of the `xqg` entries, plus the

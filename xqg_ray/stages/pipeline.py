@@ -1,4 +1,4 @@
-"""The whole pipeline in order (DESIGN section 3); every step skips what is already complete.
+"""The whole pipeline in order (docs/architecture.md); every step skips what is already complete.
 
 ingest -> plan -> generate -> encode -> augment -> index -> search -> evaluate
 """
