@@ -499,9 +499,13 @@ def load_entry_map(
     entry = manifest.get("entry_map")
     if not entry:
         return None
-    path = _verified_local_file(index_url, entry, local_dir)
+    return read_entry_map_file(_verified_local_file(index_url, entry, local_dir))
+
+
+def read_entry_map_file(path: str, mmap: bool = False) -> np.ndarray:
+    """A verified local entry-map file as an (n, 2) int64 array (memory-mapped if asked)."""
     try:
-        pairs = np.load(path, allow_pickle=False)
+        pairs = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
         raise StorageError(f"{path}: not a readable entry map: {exc}") from exc
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype != np.int64:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from xqg_ray import storage
 from xqg_ray.errors import InputError, StorageError
-from xqg_ray.index.shards import read_shard_file
+from xqg_ray.index.shards import read_entry_map_file, read_shard_file
 
 DEFAULT_CACHE_DIR = os.path.join(tempfile.gettempdir(), "xqg-ray-shard-cache")
 
@@ -107,16 +107,7 @@ def load_entry_map_cached(
     entry = manifest.get("entry_map")
     if not entry:
         return None
-    path = cached_file(index_url, entry, cache_dir)
-    try:
-        pairs = np.load(path, allow_pickle=False, mmap_mode="r")
-    except ValueError as exc:
-        raise StorageError(f"{path}: not a readable entry map: {exc}") from exc
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype != np.int64:
-        raise StorageError(
-            f"{path}: entry map must be (n, 2) int64, got {pairs.shape} {pairs.dtype}"
-        )
-    return pairs
+    return read_entry_map_file(cached_file(index_url, entry, cache_dir), mmap=True)
 
 
 def load_pid_table_cached(
