@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xqg_ray"
 LAYERS = [
-    {"errors", "storage", "config", "paths", "schema", "languages"},
+    {"errors", "strict", "storage", "config", "paths", "schema", "languages"},
     {"datasets", "models", "index", "evaluate"},
     {"stages", "serve"},
     {"research", "bench"},

@@ -213,12 +213,11 @@ def _serve_config(
 ) -> Any:
     """ServeConfig from a Serve config YAML (first application's args + http_options) and flags."""
     import yaml
-    from pydantic import ValidationError
 
     from xqg_ray.config import parse_override, set_path
-    from xqg_ray.errors import ConfigError
     from xqg_ray.serve.config import ServeConfig
     from xqg_ray.storage import read_text
+    from xqg_ray.strict import validate
 
     data: dict[str, Any] = {}
     if config:
@@ -236,11 +235,7 @@ def _serve_config(
         data.update(_index_for_strategy(data.get("index", ""), strategy))
     for item in overrides:
         set_path(data, *parse_override(item))
-    try:
-        return ServeConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"serve config: {problems}") from exc
+    return validate(ServeConfig, data, "serve config")
 
 
 def _index_for_strategy(root: str, strategy: str) -> dict[str, str]:

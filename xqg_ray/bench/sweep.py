@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from xqg_ray.bench import pipeline_throughput as pt
 from xqg_ray.bench.harness import machine_info
@@ -44,22 +44,19 @@ from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.pipeline import build, ingest, make_plan
 from xqg_ray.stages.runner import run_stage
 from xqg_ray.storage import PartitionedTable, join, read_json, write_json_atomic, write_text_atomic
+from xqg_ray.strict import Strict, validate
 
 SWEEPS = ("generation", "encoding", "index", "search", "scaling")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RunRef(_Strict):
+class RunRef(Strict):
     """The built (and evaluated) run whose indexes and stats the sweeps measure."""
 
     config: str = Field(description="The run's YAML config (as given to build_index.py).")
     set: list[str] = Field(default_factory=list, description="key.path=value overrides.")
 
 
-class Base(_Strict):
+class Base(Strict):
     """Values every throughput build uses unless its own axis changes them."""
 
     passages_per_part: int = Field(default=16, ge=1)
@@ -71,19 +68,19 @@ class Base(_Strict):
     threads: int = Field(default=1, ge=1, description="Torch threads per generate actor.")
 
 
-class GenerationGrid(_Strict):
+class GenerationGrid(Strict):
     batch_size: list[int] = Field(default_factory=lambda: [8])
     actors: list[int] = Field(default_factory=lambda: [1])
     queries_per_language: list[int] = Field(default_factory=lambda: [2])
     languages: list[int] = Field(default_factory=lambda: [2], description="First N base languages.")
 
 
-class EncodingGrid(_Strict):
+class EncodingGrid(Strict):
     max_length: list[int] = Field(default_factory=lambda: [128])
     batch_size: list[int] = Field(default_factory=lambda: [16])
 
 
-class SearchGrid(_Strict):
+class SearchGrid(Strict):
     strategies: list[str] | None = Field(default=None, description="Default: the run's.")
     shards: list[int] = Field(default_factory=lambda: [1])
     replicas: list[int] = Field(default_factory=lambda: [1])
@@ -97,12 +94,12 @@ class SearchGrid(_Strict):
     max_batch_size: int = 16
 
 
-class ScalingGrid(_Strict):
+class ScalingGrid(Strict):
     actors: list[int] = Field(default_factory=lambda: [1, 2])
     strategies: list[str] = Field(default_factory=lambda: ["xqg"])
 
 
-class Grids(_Strict):
+class Grids(Strict):
     generation: GenerationGrid | None = None
     encoding: EncodingGrid | None = None
     index: dict | None = None
@@ -110,7 +107,7 @@ class Grids(_Strict):
     scaling: ScalingGrid | None = None
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     """A sweep YAML: the run it measures, the throughput builds' setup, and the grids."""
 
     run: RunRef
@@ -143,13 +140,7 @@ def load_sweep_config(path: str, overrides: list[str] | None = None) -> SweepCon
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     for item in overrides or []:
         set_path(data, *parse_override(item))
-    try:
-        return SweepConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid sweep config: {problems}") from exc
+    return validate(SweepConfig, data, f"{path}: invalid sweep config")
 
 
 def results_dir(run: RunConfig, experiment: str) -> str:

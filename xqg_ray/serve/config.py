@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from xqg_ray.config import EncoderConfig
+from xqg_ray.strict import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class Limits(_Strict):
+class Limits(Strict):
     """Request limits: anything beyond them is a 4xx, never work for the service."""
 
     max_k: int = Field(default=1000, ge=1, description="Largest k a request may ask for.")
@@ -26,7 +23,7 @@ class Limits(_Strict):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="HTTP request body size.")
 
 
-class Autoscaling(_Strict):
+class Autoscaling(Strict):
     """Ray Serve autoscaling for the shard deployments (replaces `replicas_per_shard`)."""
 
     min_replicas: int = Field(default=1, ge=0)
@@ -34,7 +31,7 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(default=2.0, gt=0)
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     """Everything `build_app` needs; defaults fit a laptop (small CPU shares, loopback only)."""
 
     index: str = Field(description="Index URL (holds manifest.json) or a run root with one index.")
