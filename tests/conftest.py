@@ -75,7 +75,7 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, shared_data) -> dict[str, str]:
     """Tiny mT5 and BERT checkpoints built offline, loaded through the real from_pretrained path."""
-    from xqg_ray.models.tiny import ensure_tiny_models
+    from xqg_ray.testing.tiny import ensure_tiny_models
 
     return ensure_tiny_models(
         tmp_path_factory.mktemp("tiny-models"), text_dir=str(shared_data / "xquad")

@@ -11,6 +11,7 @@ LAYERS = [
     {"errors", "strict", "storage", "config", "paths", "schema", "languages"},
     {"datasets", "models", "index", "evaluate"},
     {"stages", "serve"},
+    {"testing"},
     {"research", "bench"},
     {"cli"},
 ]

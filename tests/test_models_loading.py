@@ -19,7 +19,7 @@ from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.models.encoder import HFEncoder
 from xqg_ray.models.generator import HFGenerator
 from xqg_ray.models.loading import resolve_model_path
-from xqg_ray.models.tiny import build_tiny_bert, ensure_tiny_models, train_sentencepiece
+from xqg_ray.testing.tiny import build_tiny_bert, ensure_tiny_models, train_sentencepiece
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ first trivial Dataset) is timed and reported apart. "ray s outside tasks" is a s
 not spent in part tasks: actor start-up (a new process importing torch and loading the model),
 scheduling and the tail of an uneven pool.
 
-The models are tiny random-weight test models built offline (`xqg_ray.models.tiny`): the figures
+The models are tiny random-weight test models built offline (`xqg_ray.testing.tiny`): the figures
 show the framework's overhead, not the speed of mT5 or mBERT.
 
     python -m xqg_ray.bench.pipeline_throughput --passages 10000 --out results.json --cpus 2
@@ -46,7 +46,7 @@ from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import exists, read_json
 
 TINY_MODELS_NOTE = (
-    "Models are tiny random-weight test models (xqg_ray.models.tiny): the figures show "
+    "Models are tiny random-weight test models (xqg_ray.testing.tiny): the figures show "
     "framework overhead (Ray Data vs a single-process loop), not model speed."
 )
 LAYOUTS_NOTE = (
@@ -419,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from xqg_ray.datasets.fetch import cache_root, ensure_dataset
-    from xqg_ray.models.tiny import ensure_tiny_models
+    from xqg_ray.testing.tiny import ensure_tiny_models
 
     args = parse_args(argv)
     layouts = [local_layout(args.cpus)] + [

@@ -176,7 +176,7 @@ class Builds:
 
     def __init__(self, sweep: SweepConfig, workdir: Path):
         from xqg_ray.datasets.fetch import cache_root, ensure_dataset
-        from xqg_ray.models.tiny import ensure_tiny_models
+        from xqg_ray.testing.tiny import ensure_tiny_models
 
         self.sweep = sweep
         self.workdir = workdir

@@ -5,9 +5,9 @@ weights"), so the research report times generation and encoding with models of t
 published shapes (`google/mt5-base`, `bert-base-multilingual-cased`) and random weights, saved
 with `save_pretrained` and loaded back through the product's own loading code and engines. Their
 outputs are meaningless: never use them to measure quality. The tokenizer is a small
-SentencePiece model trained on the run's own texts (`models/tiny.py`): its ids fit in any real
-vocabulary, and it splits text more finely than mT5's or mBERT's, so input lengths are if anything
-overstated (inputs are capped at the configured maximum lengths either way).
+SentencePiece model trained on the run's own texts (`models/offline_tokenizer.py`): its ids fit in
+any real vocabulary, and it splits text more finely than mT5's or mBERT's, so input lengths are if
+anything overstated (inputs are capped at the configured maximum lengths either way).
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ from transformers import (
 )
 
 from xqg_ray.models.loading import model_cache_dir
+from xqg_ray.models.offline_tokenizer import (
+    TOKENIZER_VERSION,
+    save_bert_tokenizer,
+    save_t5_tokenizer,
+    train_sentencepiece_on,
+)
 
 MT5_BASE = {
     "vocab_size": 250112,
@@ -95,14 +101,12 @@ def random_checkpoint(
     """A `save_pretrained` folder with `config`'s architecture, random (seeded) weights and an
     offline SentencePiece tokenizer trained on `texts` (the run's own corpus); built once per
     config and texts, then reused (atomic rename: safe when several processes build it)."""
-    from xqg_ray.models import tiny
-
     encoder_decoder = bool(config.is_encoder_decoder)
     texts = tuple(texts)
     recipe = json.dumps(
         {
             "config": config.to_dict(),
-            "tiny": tiny.BUILD_VERSION,
+            "tokenizer": TOKENIZER_VERSION,
             "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         },
         sort_keys=True,
@@ -116,10 +120,8 @@ def random_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=".tmp-shape-", dir=root))
     try:
         # the offline tokenizer (its ids are < 1,003, inside any real vocabulary)
-        build = tiny.build_tiny_mt5 if encoder_decoder else tiny.build_tiny_bert
-        build(str(staging), texts=texts)
-        for weights in staging.glob("*.safetensors"):
-            weights.unlink()
+        save_tokenizer = save_t5_tokenizer if encoder_decoder else save_bert_tokenizer
+        save_tokenizer(train_sentencepiece_on(texts), str(staging))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModel

@@ -1,16 +1,15 @@
 """Tiny, randomly initialised mT5 and BERT checkpoints, built offline in about a second.
 
-Tests and demos need models that load through the same `from_pretrained` code as real
-checkpoints, on machines that reach no model hub. The vocabulary is a SentencePiece unigram model
-trained on XQuAD text of all eleven languages, with byte fallback so any script tokenizes; the
+Tests and benchmarks need models that load through the same `from_pretrained` code as real
+checkpoints, on machines that reach no model hub. The vocabulary is the offline SentencePiece
+tokenizer (`models/offline_tokenizer.py`) trained on XQuAD text of all eleven languages; the
 weights are random (seeded), so outputs are meaningless but shapes, dtypes and code paths are real.
 
-    python -m xqg_ray.models.tiny OUT_DIR [TEXT_DIR]
+    python -m xqg_ray.testing.tiny OUT_DIR [TEXT_DIR]
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -19,25 +18,23 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
-from sentencepiece import sentencepiece_model_pb2
-from tokenizers import Tokenizer, processors
 from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGeneration
-from transformers.convert_slow_tokenizer import SpmConverter
-from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from xqg_ray.config import default_data_dir
 from xqg_ray.errors import ConfigError
+from xqg_ray.models.offline_tokenizer import (
+    EOS_ID,
+    PAD_ID,
+    save_bert_tokenizer,
+    save_t5_tokenizer,
+    train_sentencepiece_on,
+)
 
-VOCAB_SIZE = 1000
 # Every 4th context and question: plenty for 1000 pieces, and keeps training near one second.
 _TEXT_STRIDE = 4
-# T5 conventions: <pad>=0 (also the decoder start), </s>=1, <unk>=2, no <s>.
-PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-# BERT's special tokens, appended after the SentencePiece vocabulary.
-CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
-BUILD_VERSION = 1  # bump when the recipe changes, so cached builds are rebuilt
+# Bump when this recipe or the tokenizer's (TOKENIZER_VERSION) changes: cached builds are rebuilt.
+BUILD_VERSION = 1
 
 
 def _training_text(text_dir: str | None) -> list[str]:
@@ -63,50 +60,6 @@ def train_sentencepiece(text_dir: str | None = None) -> bytes:
     return train_sentencepiece_on(tuple(_training_text(text_dir)))
 
 
-@lru_cache(maxsize=4)
-def train_sentencepiece_on(texts: tuple[str, ...]) -> bytes:
-    """A serialized unigram model; single-threaded and unshuffled, so identical on every run."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=VOCAB_SIZE,
-        model_type="unigram",
-        byte_fallback=True,
-        character_coverage=0.99,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        max_sentence_length=100_000,
-        hard_vocab_limit=False,  # a small corpus may offer fewer pieces than VOCAB_SIZE
-        seed_sentencepiece_size=20_000,
-        shrinking_factor=0.5,
-        num_sub_iterations=1,
-        minloglevel=2,
-    )
-    return model.getvalue()
-
-
-def _spm_tokenizer(spm_model: bytes) -> Tokenizer:
-    """The `tokenizers` twin of the SentencePiece model (byte fallback kept), as transformers
-    converts real SentencePiece checkpoints."""
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(spm_model)
-    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    return SpmConverter.build_tokenizer_from_spm_proto(proto=proto, vocab=vocab)
-
-
-def _save_tokenizer(backend: Tokenizer, out_dir: str, model_max_length: int, **special) -> int:
-    tokenizer = TokenizersBackend(
-        tokenizer_object=backend, model_max_length=model_max_length, **special
-    )
-    tokenizer.save_pretrained(out_dir)
-    return len(tokenizer)
-
-
 def _vocabulary(text_dir: str | None, texts: tuple[str, ...] | None) -> bytes:
     return train_sentencepiece_on(texts) if texts else train_sentencepiece(text_dir)
 
@@ -116,14 +69,7 @@ def build_tiny_mt5(
 ) -> str:
     """A 1+1 layer, d_model 32 MT5ForConditionalGeneration with its tokenizer, in `out_dir`;
     the vocabulary is trained on `texts` when given, else on XQuAD in `text_dir`."""
-    backend = _spm_tokenizer(_vocabulary(text_dir, texts))
-    eos_id = backend.token_to_id(EOS)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
-    )
-    vocab_size = _save_tokenizer(
-        backend, out_dir, model_max_length=512, pad_token=PAD, eos_token=EOS, unk_token=UNK
-    )
+    vocab_size = save_t5_tokenizer(_vocabulary(text_dir, texts), out_dir)
     config = MT5Config(
         vocab_size=vocab_size,
         d_model=32,
@@ -132,9 +78,9 @@ def build_tiny_mt5(
         num_layers=1,
         num_decoder_layers=1,
         num_heads=4,
-        pad_token_id=backend.token_to_id(PAD),
-        eos_token_id=eos_id,
-        decoder_start_token_id=backend.token_to_id(PAD),
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
         # At the default 1.0 an untrained model emits one token whatever the prompt; 3.0 makes
         # its output depend on the input and vary between samples, as tests need.
         initializer_factor=3.0,
@@ -149,24 +95,7 @@ def build_tiny_bert(
     out_dir: str, text_dir: str | None = None, seed: int = 0, texts: tuple[str, ...] | None = None
 ) -> str:
     """A 2-layer, hidden 32 BertModel whose tokenizer wraps inputs in [CLS] ... [SEP]."""
-    backend = _spm_tokenizer(_vocabulary(text_dir, texts))
-    backend.add_special_tokens([CLS, SEP, MASK])
-    cls_id, sep_id = backend.token_to_id(CLS), backend.token_to_id(SEP)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}",
-        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
-    )
-    vocab_size = _save_tokenizer(
-        backend,
-        out_dir,
-        model_max_length=512,
-        pad_token=PAD,
-        unk_token=UNK,
-        cls_token=CLS,
-        sep_token=SEP,
-        mask_token=MASK,
-    )
+    vocab_size = save_bert_tokenizer(_vocabulary(text_dir, texts), out_dir)
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -174,7 +103,7 @@ def build_tiny_bert(
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=512,
-        pad_token_id=backend.token_to_id(PAD),
+        pad_token_id=PAD_ID,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -216,6 +145,6 @@ def ensure_tiny_models(
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m xqg_ray.models.tiny OUT_DIR [TEXT_DIR]")
+        sys.exit("usage: python -m xqg_ray.testing.tiny OUT_DIR [TEXT_DIR]")
     for kind, path in ensure_tiny_models(*sys.argv[1:]).items():
         print(f"{kind}: {path}")
