@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from ray import serve
 from scipy import stats
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from ray.util.state import list_actors
 from test_pipeline import tables
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.index.shards import load_manifest

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from ray.cluster_utils import Cluster
 from test_pipeline import assert_same_outputs
 

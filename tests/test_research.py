@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.datasets.splits import DEV, GENERATION, TEST
 from xqg_ray.evaluate.tables import headline

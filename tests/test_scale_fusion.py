@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors

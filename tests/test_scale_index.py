@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 import ray
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.bench.scale_models import scale_config
 from xqg_ray.index.search import ShardedSearcher

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from xqg_ray.bench.sweep import load_sweep_config, run_sweeps
 from xqg_ray.errors import ConfigError
