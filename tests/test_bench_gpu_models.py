@@ -10,16 +10,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel, MT5ForConditionalGeneration
 
-from xqg_ray.bench.gpu_models import (
-    MBERT_SMALL,
-    MT5_SMALL,
-    EncoderShape,
-    Seq2SeqShape,
-    bert_config,
-    main,
-    mt5_config,
-    peak_bf16_tflops,
-)
+from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
+from xqg_ray.bench.gpu_models import bert_config, main, mt5_config, peak_bf16_tflops
+from xqg_ray.bench.workload import MBERT_SMALL, MT5_SMALL
 
 
 def test_encoder_flops_match_a_hand_computation():

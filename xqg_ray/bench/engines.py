@@ -12,7 +12,7 @@ return CLS vectors.
 Each row gives passages/s, tokens/s (generated tokens, or input tokens for encoders), the ratio
 to the Hugging Face / torch row of the same model, and achieved matmul GFLOP/s as a share of this
 machine's fp32 (bf16 on GPUs) matmul peak, measured in the same run with a square torch matmul.
-FLOPs are counted as in `gpu_models` (useful matmul FLOPs of the unpadded tokens).
+FLOPs are counted by `bench/flops.py`, as in `gpu_models` (useful matmul FLOPs of unpadded tokens).
 
     python -m xqg_ray.bench.engines --out runs/bench/engines.json          # CPU, full shapes
     python -m xqg_ray.bench.engines --quick                                 # tiny shapes, < 3 min
@@ -41,27 +41,24 @@ from transformers import (
     XLMRobertaForSequenceClassification,
 )
 
-from xqg_ray.bench.gpu_models import (
+from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
+from xqg_ray.bench.harness import format_table, machine_info, package_versions, write_results
+from xqg_ray.bench.timing import clocked
+from xqg_ray.bench.workload import (
     FIRST_TOKEN_ID,
-    MBERT_BASE,
     MBERT_SMALL,
-    MT5_BASE,
     MT5_SMALL,
-    EncoderShape,
-    Seq2SeqShape,
     Workload,
-    bert_config,
     generate_step,
-    mt5_config,
     random_inputs,
 )
-from xqg_ray.bench.harness import format_table, machine_info, package_versions, write_results
 from xqg_ray.config import GeneratorConfig
 from xqg_ray.models import ct2, onnx_export, vocabulary
 from xqg_ray.models.device import resolve_device
 from xqg_ray.models.generator import decoding_options
+from xqg_ray.research.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
 
-# Shapes gpu_models does not have: the real mT5-small and XLM-R base (random weights).
+# Shapes bench/workload.py does not have: the real mT5-small and XLM-R base (random weights).
 MT5_SMALL_REAL = {
     "vocab_size": 250112,
     "d_model": 512,
@@ -185,16 +182,6 @@ def _row(
     }
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
-
-
 def bench_generation(
     name: str, shape: dict, plan: Plan, device: torch.device, peak: float, work: Path, log
 ) -> list[dict]:
@@ -237,7 +224,7 @@ def bench_generation(
 
     torch.manual_seed(0)
     hf_run(inputs[:1])  # warm-up
-    seconds, generated = _timed(lambda: hf_run(inputs), device)
+    seconds, generated = clocked(lambda: hf_run(inputs), device)
     assert generated == tokens, (generated, tokens)
     hf_engine = "hf-" + str(hf_dtype).removeprefix("torch.")
     rows.append(_row(name, hf_engine, seconds, plan.passages, tokens, flops, peak))
@@ -281,7 +268,7 @@ def bench_generation(
             extra = {"output_vocabulary": len(tokens_allowed)}
         else:
             convert_in_memory(model, config.vocab_size, compute_type, out)
-        load_s, translator = _timed(
+        load_s, translator = clocked(
             lambda out=out, compute_type=compute_type: ctranslate2.Translator(
                 str(out), compute_type=compute_type, inter_threads=1, **ct2.device_args(device)
             ),
@@ -291,7 +278,7 @@ def bench_generation(
         run_kwargs = {"max_batch_size": plan.generate_batch * plan.input_tokens}
         run_kwargs |= {"batch_type": "tokens", "use_vmap": restricted, **options}
         translator.translate_batch(run_source[:1], **run_kwargs)  # warm-up
-        seconds, results = _timed(
+        seconds, results = clocked(
             lambda t=translator, kw=run_kwargs, src=run_source: t.translate_batch(src, **kw),
             device,
         )
@@ -331,7 +318,7 @@ def alternate(kept: dict, base: tuple, other: tuple, repeats: int, device: torch
     for _ in range(repeats):
         for key in (base, other):
             translator, source, kwargs = kept[key]
-            seconds, _ = _timed(
+            seconds, _ = clocked(
                 lambda t=translator, src=source, kw=kwargs: t.translate_batch(src, **kw), device
             )
             times[key].append(round(seconds, 3))
@@ -409,7 +396,7 @@ def bench_encoding(
     def record(engine: str, run: Callable[[Any, Any], np.ndarray], **extra) -> None:
         nonlocal reference
         run(*batches[0])  # warm-up
-        seconds, vectors = _timed(lambda: [run(ids, mask) for ids, mask in batches], device)
+        seconds, vectors = clocked(lambda: [run(ids, mask) for ids, mask in batches], device)
         stacked = np.concatenate(vectors)
         if reference is None:
             reference = stacked
@@ -451,7 +438,7 @@ def bench_encoding(
         gc.collect()
 
     if not gpu and onnx_export.available():
-        export_s, model_file = _timed(
+        export_s, model_file = clocked(
             lambda: onnx_export.export_encoder(model, work / f"{name}-onnx", plan.encode_length),
             device,
         )

@@ -41,22 +41,31 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import transformers
-from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGeneration
+from transformers import BertModel, MT5ForConditionalGeneration
 
+from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
 from xqg_ray.bench.harness import format_table, machine_info, write_results
+from xqg_ray.bench.timing import clocked
+from xqg_ray.bench.workload import (
+    MBERT_SMALL,
+    MT5_SMALL,
+    Workload,
+    encode_step,
+    generate_step,
+    random_inputs,
+)
 from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.research.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
 
 GENERATION_SPEEDUP_GOAL = 3.0
 ENCODING_PEAK_GOAL = 0.5
-FIRST_TOKEN_ID = 5  # random ids stay clear of pad (0), eos (1) and the other special ids
+
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets; first match wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"H200", 989.0),
@@ -67,45 +76,6 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Workload:
-    """What is measured: model shapes, the xQG decoding settings and how many inputs each
-    variant processes (naive variants are slow, so they see a prefix of the same inputs)."""
-
-    mt5: dict
-    mbert: dict
-    generate_input_length: int = 256
-    new_tokens: int = 32
-    sequences_per_input: int = 5
-    top_k: int = 10
-    encode_length: int = 128
-    min_length_fraction: float = 0.5
-    generate_inputs: int = 512
-    generate_batch_size: int = 128
-    generate_naive_inputs: int = 16
-    generate_naive_batch_size: int = 16
-    encode_inputs: int = 16384
-    encode_batch_size: int = 512
-    encode_naive_inputs: int = 512
-    encode_naive_batch_size: int = 32
-
-
-MT5_SMALL = {
-    "vocab_size": 1024,
-    "d_model": 64,
-    "d_kv": 16,
-    "d_ff": 128,
-    "num_layers": 2,
-    "num_decoder_layers": 2,
-    "num_heads": 4,
-}
-MBERT_SMALL = {
-    "vocab_size": 1024,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 256,
-}
 FULL = Workload(mt5=MT5_BASE, mbert=MBERT_BASE)
 SMALL = Workload(
     mt5=MT5_SMALL,
@@ -119,95 +89,6 @@ SMALL = Workload(
     encode_naive_inputs=16,
     encode_naive_batch_size=8,
 )
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """The sizes of a BERT encoder that its forward FLOPs depend on."""
-
-    layers: int
-    d_model: int
-    d_attn: int
-    d_ff: int
-
-    @classmethod
-    def from_config(cls, config: BertConfig) -> EncoderShape:
-        return cls(
-            config.num_hidden_layers,
-            config.hidden_size,
-            config.hidden_size,
-            config.intermediate_size,
-        )
-
-    @property
-    def linear_params(self) -> int:
-        """Weights every token is multiplied by: Q, K, V, O and the two FFN matrices."""
-        return self.layers * (4 * self.d_model * self.d_attn + 2 * self.d_model * self.d_ff)
-
-    def forward_flops(self, lengths: Sequence[int]) -> int:
-        """Matmul FLOPs of encoding passages of these (unpadded) token lengths."""
-        return sum(
-            2 * self.linear_params * s + 4 * self.layers * self.d_attn * s * s for s in lengths
-        )
-
-
-@dataclass(frozen=True)
-class Seq2SeqShape:
-    """The sizes of a T5-style encoder-decoder that its generation FLOPs depend on."""
-
-    layers: int
-    decoder_layers: int
-    d_model: int
-    d_attn: int
-    d_ff: int
-    vocab: int
-    gated: bool
-
-    @classmethod
-    def from_config(cls, config: MT5Config) -> Seq2SeqShape:
-        return cls(
-            config.num_layers,
-            config.num_decoder_layers,
-            config.d_model,
-            config.num_heads * config.d_kv,
-            config.d_ff,
-            config.vocab_size,
-            config.is_gated_act,
-        )
-
-    @property
-    def _ffn_params(self) -> int:
-        return (3 if self.gated else 2) * self.d_model * self.d_ff
-
-    @property
-    def encoder_linear_params(self) -> int:
-        return self.layers * (4 * self.d_model * self.d_attn + self._ffn_params)
-
-    @property
-    def decoder_token_params(self) -> int:
-        """Weights each generated token is multiplied by: self-attention Q K V O, cross-attention
-        Q and O, the FFN, and the LM head."""
-        per_layer = 6 * self.d_model * self.d_attn + self._ffn_params
-        return self.decoder_layers * per_layer + self.d_model * self.vocab
-
-    def generation_flops(
-        self, input_lengths: Sequence[int], new_tokens: int, sequences_per_input: int
-    ) -> int:
-        """Matmul FLOPs of sampling `sequences_per_input` sequences of `new_tokens` tokens for
-        each input (KV cache; encoder and cross-attention K/V once per input)."""
-        m, n = new_tokens, sequences_per_input
-        enc_layers, dec_layers, a = self.layers, self.decoder_layers, self.d_attn
-        total = 0
-        for s in input_lengths:
-            encoder = 2 * self.encoder_linear_params * s + 4 * enc_layers * a * s * s
-            cross_kv = 4 * dec_layers * self.d_model * a * s
-            sequence = (
-                2 * self.decoder_token_params * m
-                + 2 * dec_layers * a * m * (m + 1)
-                + 4 * dec_layers * a * s * m
-            )
-            total += encoder + cross_kv + n * sequence
-        return total
 
 
 @dataclass(frozen=True)
@@ -232,18 +113,6 @@ def peak_bf16_tflops(device_name: str) -> float | None:
     return None
 
 
-def random_inputs(
-    rng: np.random.Generator, count: int, max_length: int, min_fraction: float, vocab: int
-) -> list[torch.Tensor]:
-    """Token-id sequences with lengths uniform in [min_fraction * max_length, max_length]."""
-    low = max(1, int(round(min_fraction * max_length)))
-    lengths = rng.integers(low, max_length + 1, size=count)
-    return [
-        torch.from_numpy(rng.integers(FIRST_TOKEN_ID, vocab, size=int(n), dtype=np.int64))
-        for n in lengths
-    ]
-
-
 def make_batches(
     inputs: list[torch.Tensor], variant: Variant, pad_multiple: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -265,11 +134,6 @@ def make_batches(
     return batches
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(
     step: Callable[[torch.Tensor, torch.Tensor], int],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -279,54 +143,16 @@ def timed(
     """Seconds and units of work over all batches; host-to-device copies are inside the clock,
     as they are in the pipeline."""
     grad_off = torch.inference_mode() if variant.inference_mode else torch.no_grad()
-    units = 0
     with grad_off:
-        synchronize(device)
-        start = time.perf_counter()
-        for ids, mask in batches:
-            units += step(ids.to(device), mask.to(device))
-        synchronize(device)
-    return time.perf_counter() - start, units
+        return clocked(
+            lambda: sum(step(ids.to(device), mask.to(device)) for ids, mask in batches), device
+        )
 
 
 def prepare(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
     model.to(variant.dtype)
     model.set_attn_implementation(variant.attention)
     return model
-
-
-def encode_step(model: Callable) -> Callable[[torch.Tensor, torch.Tensor], int]:
-    """One encoder batch: CLS vectors back on the host, as the encode stage uses them."""
-
-    def step(ids: torch.Tensor, mask: torch.Tensor) -> int:
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        hidden[:, 0].float().cpu()  # the copy to the host waits for the GPU, as in the pipeline
-        return ids.shape[0]
-
-    return step
-
-
-def generate_step(
-    model: MT5ForConditionalGeneration, workload: Workload
-) -> Callable[[torch.Tensor, torch.Tensor], int]:
-    """One generation batch with the xQG decoding settings; returns generated tokens."""
-    m = workload.new_tokens
-
-    def step(ids: torch.Tensor, mask: torch.Tensor) -> int:
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            top_k=workload.top_k,
-            max_new_tokens=m,
-            min_new_tokens=m,
-            num_return_sequences=workload.sequences_per_input,
-        )
-        if output.shape[1] != m + 1:  # decoder start token + m new tokens
-            raise RuntimeError(f"generated {output.shape[1] - 1} tokens, expected {m}")
-        return output.shape[0] * m
-
-    return step
 
 
 def figures(
