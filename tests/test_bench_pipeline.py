@@ -8,13 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from xqg_ray.bench.pipeline_throughput import (
-    Pool,
-    compare,
-    main,
-    ray_layout,
-    synthetic_corpus,
-)
+from xqg_ray.bench.builds import Pool, ray_layout
+from xqg_ray.bench.pipeline_throughput import compare, main
+from xqg_ray.bench.synthetic import synthetic_corpus
 from xqg_ray.datasets import load_generic
 
 PASSAGE_STAGES = (

@@ -24,7 +24,7 @@ import requests
 from ray import serve
 
 from xqg_ray import storage
-from xqg_ray.bench.serve_latency import http_load
+from xqg_ray.bench.load import http_load
 from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
 from xqg_ray.index import build_shards

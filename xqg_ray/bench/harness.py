@@ -1,4 +1,4 @@
-"""What every benchmark script shares: machine facts, a text table, and the JSON result file.
+"""What every benchmark script shares: machine facts, a text table, the JSON result file, flags.
 
 Like the shared `benchmark.py` of Ray's release tests: each script measures its own thing, and
 this module makes their outputs comparable (same machine block, same file handling).
@@ -74,3 +74,8 @@ def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return out
+
+
+def parse_ints(text: str) -> list[int]:
+    """A comma-separated command-line list of integers: `1,2,4` -> [1, 2, 4]."""
+    return [int(part) for part in text.split(",") if part.strip()]

@@ -27,23 +27,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from xqg_ray.bench.builds import (
+    BuildSettings,
+    Layout,
+    bench_config,
+    local_layout,
+    ray_layout,
+    stage_actors,
+    stage_stats,
+    stage_units,
+)
 from xqg_ray.bench.harness import format_table, machine_info, write_results
-from xqg_ray.config import STRATEGIES, RunConfig
-from xqg_ray.paths import RunPaths
+from xqg_ray.bench.synthetic import synthetic_corpus
+from xqg_ray.config import STRATEGIES
 from xqg_ray.stages.pipeline import build
-from xqg_ray.storage import exists, read_json
 
 TINY_MODELS_NOTE = (
     "Models are tiny random-weight test models (xqg_ray.testing.tiny): the figures show "
@@ -58,166 +62,6 @@ LAYOUTS_NOTE = (
     "scheduling, uneven tail)."
 )
 TARGET_MAX_OVERHEAD = 0.20  # issue #3 item 7: Ray overhead at most 20% on 2 CPUs
-# Sentence ends in the XQuAD scripts (Latin, Cyrillic, Greek, Arabic, Devanagari, CJK); Thai
-# has no sentence punctuation and separates sentences (and clauses) with a space.
-_SENTENCE_END = re.compile(r"(?<=[.!?;\u0964\u06d4\u3002\uff01\uff1f])\s*")
-_SENTENCE_SPLIT = {"th": re.compile(r"\s+")}
-_MIN_SENTENCE_CHARS = 20
-
-
-# --- the synthetic corpus ----------------------------------------------------------------------
-
-
-def sentence_pool(xquad_dir: str) -> dict[str, list[tuple[str, str]]]:
-    """(article title, sentence) pairs of every XQuAD context, per language, in file order."""
-    pool: dict[str, list[tuple[str, str]]] = {}
-    for file in sorted(Path(xquad_dir).glob("xquad.*.json")):
-        lang = file.name.split(".")[1]
-        splitter = _SENTENCE_SPLIT.get(lang, _SENTENCE_END)
-        sentences = pool.setdefault(lang, [])
-        for article in json.loads(file.read_text(encoding="utf-8"))["data"]:
-            title = article["title"].replace("_", " ")
-            for paragraph in article["paragraphs"]:
-                for sentence in splitter.split(paragraph["context"]):
-                    if len(sentence.strip()) >= _MIN_SENTENCE_CHARS:
-                        sentences.append((title, sentence.strip()))
-    if not pool:
-        raise FileNotFoundError(f"{xquad_dir}: no xquad.<lang>.json files")
-    return pool
-
-
-def english_questions(xquad_dir: str, count: int) -> list[str]:
-    data = json.loads((Path(xquad_dir) / "xquad.en.json").read_text(encoding="utf-8"))["data"]
-    questions = [qa["question"] for a in data for p in a["paragraphs"] for qa in p["qas"]]
-    return questions[:count]
-
-
-def synthetic_corpus(
-    folder: str | Path, passages: int, xquad_dir: str, queries: int = 8, seed: int = 0
-) -> dict[str, str]:
-    """Write passages.parquet (2-4 same-language sentences each, languages in turn), queries.jsonl
-    and qrels.txt (query i judges passage i) under `folder`; returns the three paths.
-
-    Deterministic for a given seed and XQuAD folder, so every run of the benchmark sees the same
-    text and the same token counts.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    pool = sentence_pool(xquad_dir)
-    languages = sorted(pool)
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list[str]] = {"pid": [], "lang": [], "title": [], "text": []}
-    for number in range(passages):
-        lang = languages[number % len(languages)]
-        picks = rng.integers(0, len(pool[lang]), size=int(rng.integers(2, 5)))
-        rows["pid"].append(f"p{number:07d}")
-        rows["lang"].append(lang)
-        rows["title"].append(pool[lang][picks[0]][0])
-        rows["text"].append(" ".join(pool[lang][i][1] for i in picks))
-    paths = {
-        "passages": str(folder / "passages.parquet"),
-        "queries": str(folder / "queries.jsonl"),
-        "qrels": str(folder / "qrels.txt"),
-    }
-    pq.write_table(pa.table(rows), paths["passages"])
-    texts = english_questions(xquad_dir, min(queries, passages))
-    with open(paths["queries"], "w", encoding="utf-8") as out:
-        for number, text in enumerate(texts):
-            out.write(json.dumps({"qid": f"q{number}", "lang": "en", "text": text}) + "\n")
-    with open(paths["qrels"], "w", encoding="utf-8") as out:
-        for number in range(len(texts)):
-            out.write(f"q{number} 0 p{number:07d} 1\n")
-    return paths
-
-
-# --- layouts and configs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pool:
-    """A stage's workers: `actors` Ray actors (or this process) with `threads` torch threads."""
-
-    actors: int
-    threads: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the generate and the encode stages run: in this process, or on Ray actor pools."""
-
-    name: str
-    ray: bool
-    generate: Pool
-    encode: Pool
-    actor_num_cpus: float  # logical CPUs each actor reserves (threads decide real CPU use)
-
-
-def local_layout(cpus: int) -> Layout:
-    pool = Pool(actors=1, threads=cpus)
-    return Layout("local", ray=False, generate=pool, encode=pool, actor_num_cpus=cpus)
-
-
-def _pool(spec: str, layout: str) -> Pool:
-    match = re.fullmatch(r"(\d+)x(\d+)", spec)
-    if not match:
-        raise ValueError(
-            f"Ray layout {layout!r}: expected ACTORSxTHREADS such as 2x1, or GENERATE:ENCODE "
-            "such as 2x1:1x2"
-        )
-    return Pool(actors=int(match[1]), threads=int(match[2]))
-
-
-def ray_layout(spec: str, actor_num_cpus: float) -> Layout:
-    """`AxT` (A actors x T torch threads for every stage) or `AxT:AxT` (generate:encode)."""
-    spec = spec.strip()
-    generate, split, encode = spec.partition(":")
-    generate_pool = _pool(generate, spec)
-    encode_pool = _pool(encode, spec) if split else generate_pool
-    return Layout(f"ray-{spec}", True, generate_pool, encode_pool, actor_num_cpus)
-
-
-def stage_actors(stage: str, layout: dict[str, Any]) -> int:
-    """Actors a stage's pool had: augment-xqg/multivector always run on one default actor."""
-    if stage == "generate":
-        return layout["generate"]["actors"]
-    if stage.startswith("encode-") or stage == "augment-expand":
-        return layout["encode"]["actors"]
-    return 1
-
-
-def bench_config(
-    root: str, corpus: dict[str, str], models: dict[str, str], args: argparse.Namespace, lay: Layout
-) -> RunConfig:
-    """The benchmark's run config: identical for every layout except `ray` and `stages`."""
-    stages = {
-        name: {"actors": pool.actors, "num_cpus": lay.actor_num_cpus, "threads": pool.threads}
-        for name, pool in (("generate", lay.generate), ("encode", lay.encode))
-    }
-    return RunConfig.model_validate(
-        {
-            "root": root,
-            "dataset": {"name": "generic", **corpus},
-            "encoder": {
-                "backend": "hf",
-                "model": models["bert"],
-                "batch_size": args.encode_batch_size,
-                "device": "cpu",
-            },
-            "generator": {
-                "backend": "hf",
-                "model": models["mt5"],
-                "languages": args.languages,
-                "queries_per_language": args.queries_per_language,
-                "max_new_tokens": args.max_new_tokens,
-                "batch_size": args.generate_batch_size,
-                "device": "cpu",
-            },
-            "collection": {"passages_per_part": args.passages_per_part},
-            "augment": {"strategies": args.strategies, "expand_max_length": 256},
-            "stages": stages,
-            "ray": {"enabled": lay.ray, "num_cpus": args.cpus, "progress_bars": False},
-        }
-    )
 
 
 # --- running and reading the stats --------------------------------------------------------------
@@ -237,28 +81,14 @@ def start_ray(cpus: int) -> dict[str, float]:
     return {"init": init, "first_dataset": time.perf_counter() - start}
 
 
-def stage_stats(root: str) -> dict[str, dict[str, Any]]:
-    """Each stage's `stats/<stage>.json`, and the index build times from `stats/index.json`."""
-    paths = RunPaths(root)
-    stats: dict[str, dict[str, Any]] = {}
-    for stage in ("generate", "encode-passages", "encode-queries", "encode-generated") + tuple(
-        f"augment-{s}" for s in STRATEGIES if s != "dense"
-    ):
-        if exists(paths.stats(stage)):  # a configuration may skip generation or strategies
-            stats[stage] = read_json(paths.stats(stage))
-    for strategy, row in read_json(paths.stats("index")).items():
-        stats[f"index-{strategy}"] = {"stage": f"index-{strategy}", **row}
-    return stats
-
-
 def run_layout(
-    lay: Layout, workdir: Path, corpus: dict[str, str], models: dict, args: argparse.Namespace
+    lay: Layout, workdir: Path, corpus: dict[str, str], models: dict, settings: BuildSettings
 ) -> dict[str, Any]:
     """One build on a fresh run root; returns its stage stats, wall time and Ray start-up."""
     root = str(workdir / lay.name)
-    cfg = bench_config(root, corpus, models, args, lay)
+    cfg = bench_config(root, corpus, models, settings, lay)
     load_before = list(os.getloadavg())
-    startup = start_ray(args.cpus) if lay.ray else None
+    startup = start_ray(settings.cpus) if lay.ray else None
     try:
         start = time.perf_counter()
         build(cfg)
@@ -278,13 +108,6 @@ def run_layout(
 
 
 # --- comparison ---------------------------------------------------------------------------------
-
-
-def stage_units(stage: str, stats: dict[str, Any], passages: int) -> tuple[str, int]:
-    """What a stage's rate counts: passages for every per-passage stage, queries otherwise."""
-    if stage == "encode-queries":
-        return "queries", int(stats["rows_in"])
-    return "passages", passages
 
 
 def outside_task_seconds(stats: dict[str, Any], workers: int) -> float | None:
@@ -376,6 +199,11 @@ def comparison_table(name: str, rows: list[dict[str, Any]]) -> str:
     return format_table(headers, body)
 
 
+def build_settings(args: argparse.Namespace) -> BuildSettings:
+    """The build values among the command-line flags."""
+    return BuildSettings(**{f.name: getattr(args, f.name) for f in fields(BuildSettings)})
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -422,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from xqg_ray.testing.tiny import ensure_tiny_models
 
     args = parse_args(argv)
+    settings = build_settings(args)
     layouts = [local_layout(args.cpus)] + [
         ray_layout(spec, args.actor_num_cpus) for spec in args.ray_layouts
     ]
@@ -437,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = {}
         for lay in layouts:
             print(f"running {lay.name} ...", flush=True)
-            runs[lay.name] = run_layout(lay, workdir, corpus, models, args)
+            runs[lay.name] = run_layout(lay, workdir, corpus, models, settings)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -454,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {**machine, "load_average_after": list(os.getloadavg())},
         "arguments": {k: v for k, v in vars(args).items() if k != "out"},
         "config": json.loads(
-            bench_config("<run root>", corpus, models, args, layouts[0]).model_dump_json()
+            bench_config("<run root>", corpus, models, settings, layouts[0]).model_dump_json()
         ),
         "runs": runs,
         "comparisons": comparisons,

@@ -22,9 +22,8 @@ import numpy as np
 import ray
 from ray import serve
 
-from xqg_ray.bench.harness import format_table, machine_info, write_results
-from xqg_ray.bench.serve_latency import HOST, http_load, in_process
-from xqg_ray.bench.serve_latency import parse_ints as parse_list
+from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
+from xqg_ray.bench.load import HOST, http_load, in_process
 from xqg_ray.index.shards import build_shards
 from xqg_ray.serve.app import build_app, free_port
 from xqg_ray.serve.config import ServeConfig
@@ -119,14 +118,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--replicas", type=parse_list, default=[1, 2])
+    parser.add_argument("--replicas", type=parse_ints, default=[1, 2])
     parser.add_argument(
         "--shards-per-replica",
         type=int,
         default=None,
         help="Shard-group size (default: the service's layout; 1: a deployment per shard).",
     )
-    parser.add_argument("--concurrency", type=parse_list, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--concurrency", type=parse_ints, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--step-duration-s", type=float, default=10.0)
     parser.add_argument("--queries", type=int, default=6000, help="Distinct queries (a cap).")
     parser.add_argument("--p99-target-ms", type=float, default=100.0)

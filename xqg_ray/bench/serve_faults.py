@@ -33,7 +33,7 @@ import ray
 from ray import serve
 
 from xqg_ray.bench.harness import machine_info, write_results
-from xqg_ray.bench.serve_latency import HOST
+from xqg_ray.bench.load import HOST
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards
 from xqg_ray.serve.app import free_port, run_server

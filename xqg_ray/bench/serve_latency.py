@@ -24,15 +24,12 @@ JSON has one row per (index, system, concurrency). Serve's throughput settings a
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 
-import aiohttp
-import faiss
 import numpy as np
 import ray
 from fastapi import FastAPI
@@ -40,33 +37,20 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from xqg_ray import storage
-from xqg_ray.bench.harness import format_table, machine_info, write_results
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
+from xqg_ray.bench.load import HOST, http_load, in_process, summarize
 from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
 from xqg_ray.serve.app import build_app, free_port, plan
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.deployments import ShardGroup
 from xqg_ray.serve.schemas import VectorSearchRequest
 
-HOST = "127.0.0.1"  # loopback only, by design: this script never sends traffic elsewhere
 APP = "serve-latency-bench"
 LAYOUTS = {
     "default": {},  # a small index: in the router; a bigger one: groups as memory allows
     "one-group": {"search_in_router": False},
     "per-shard": {"shards_per_replica": 1},
 }
-
-
-def summarize(latencies_ms: list[float], wall_s: float) -> dict:
-    p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
-    return {
-        "requests": len(latencies_ms),
-        "p50_ms": round(float(p50), 3),
-        "p95_ms": round(float(p95), 3),
-        "p99_ms": round(float(p99), 3),
-        "mean_ms": round(float(np.mean(latencies_ms)), 3),
-        "qps": round(len(latencies_ms) / wall_s, 1),
-    }
 
 
 def synthetic_indexes(n: int, dim: int, shard_counts: list[int], workdir: str) -> list[dict]:
@@ -91,70 +75,6 @@ def run_root_indexes(root: str) -> list[dict]:
         relative = manifest_path[len(path.rstrip("/")) + 1 :].rsplit("/", 1)[0]
         indexes.append({"label": relative, "url": storage.join(root, "index", relative)})
     return indexes
-
-
-def in_process(index_url: str, queries: np.ndarray, k: int) -> dict:
-    """The same queries, one per call, through ShardedSearcher in this process.
-
-    One FAISS thread, as in each shard replica: OpenMP threads spinning on a busy machine would
-    make the baseline slower than the search it measures.
-    """
-    faiss.omp_set_num_threads(1)
-    searcher = ShardedSearcher(index_url)
-    for query in queries[:20]:  # warm caches and mmapped pages
-        searcher.search(query[None, :], k)
-    latencies = []
-    started = time.perf_counter()
-    for query in queries:
-        begin = time.perf_counter()
-        searcher.search(query[None, :], k)
-        latencies.append((time.perf_counter() - begin) * 1000)
-    return summarize(latencies, time.perf_counter() - started)
-
-
-async def healthz_floor(url: str, count: int = 100) -> dict:
-    """Latency of GET /healthz: the HTTP proxy and router hops alone, no shard work."""
-    latencies = []
-    async with aiohttp.ClientSession() as session:
-        started = time.perf_counter()
-        for _ in range(count):
-            begin = time.perf_counter()
-            async with session.get(url) as response:
-                await response.read()
-            latencies.append((time.perf_counter() - begin) * 1000)
-    return summarize(latencies, time.perf_counter() - started)
-
-
-async def http_load(
-    url: str, queries: np.ndarray, k: int, concurrency: int, max_duration_s: float
-) -> tuple[dict, int]:
-    """Send each query once (`concurrency` at a time, stop early at the time cap)."""
-    bodies = [json.dumps({"vectors": [q.tolist()], "k": k}) for q in queries]
-    headers = {"Content-Type": "application/json"}
-    latencies: list[float] = []
-    failures = 0
-    next_request = 0
-    deadline = time.perf_counter() + max_duration_s
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal next_request, failures
-        while next_request < len(bodies) and time.perf_counter() < deadline:
-            body = bodies[next_request]
-            next_request += 1
-            begin = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
-                answer = await response.json()
-                if response.status != 200 or answer.get("partial"):
-                    failures += 1
-                    continue
-            latencies.append((time.perf_counter() - begin) * 1000)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return summarize(latencies, wall), failures
 
 
 def in_process_group(index_url: str, queries: np.ndarray, k: int, batch: int) -> dict:
@@ -349,50 +269,6 @@ def compare_index(
             )
 
 
-def bench_index(
-    index: dict, args: argparse.Namespace, port: int, record: Callable[[dict], None]
-) -> None:
-    """The service (default layout unless `args.shards_per_replica`) at each replicas setting
-    and concurrency, beside in-process FAISS; one row per setting (used by the sweep)."""
-    manifest = load_manifest(index["url"])
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((args.requests, manifest["dimension"])).astype(np.float32)
-    baseline = in_process(index["url"], queries, args.k)
-    for replicas in args.replicas:
-        cfg = ServeConfig(
-            index=index["url"],
-            port=port,
-            replicas_per_shard=replicas,
-            shards_per_replica=getattr(args, "shards_per_replica", None),
-            shard_num_cpus=args.shard_num_cpus,
-            router_num_cpus=args.router_num_cpus,
-            max_batch_size=args.max_batch_size,
-        )
-        plan(cfg, manifest)  # refuses, naming the setting, what Ray cannot place
-        serve.run(build_app(cfg), name=APP, route_prefix="/bench")
-        url = f"http://{HOST}:{port}/bench/search_vectors"
-        asyncio.run(http_load(url, queries[:20], args.k, 1, 60))  # warm-up
-        floor = asyncio.run(healthz_floor(f"http://{HOST}:{port}/bench/healthz"))
-        for concurrency in args.concurrency:
-            service, failures = asyncio.run(
-                http_load(url, queries, args.k, concurrency, args.max_duration_s)
-            )
-            record(
-                {
-                    "index": index["label"],
-                    "shards": len(manifest["shards"]),
-                    "n_total": manifest["n_total"],
-                    "replicas_per_shard": replicas,
-                    "concurrency": concurrency,
-                    "service": service,
-                    "failed_or_partial": failures,
-                    "in_process": baseline,
-                    "healthz": floor,
-                }
-            )
-        serve.delete(APP)
-
-
 def summary_table(rows: list[dict]) -> str:
     headers = ["index", "system", "topology", "conc", "p50 ms", "p95 ms", "p99 ms", "qps"]
     headers += ["floor p50", "<= floor+2"]
@@ -441,10 +317,6 @@ def large_indexes(workdir: str, n: int, dim: int, kinds: list[str]) -> list[dict
         )
         indexes.append({"label": f"random {n}x{dim} {label}", "url": url})
     return indexes
-
-
-def parse_ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

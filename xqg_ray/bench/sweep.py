@@ -9,15 +9,16 @@ folder, by default `<run root>/results/<experiment>/sweep/`, where `research/rep
 - encoding: passages/s vs passage max length and batch size;
 - index: build seconds, entries, shards and bytes of each strategy, from the run's stats/index.json;
 - search: p50/p99 latency and QPS of each strategy's index vs shards, replicas and concurrency,
-  through the Serve app (`serve_latency.bench_index`) and in-process FAISS (`in_process`);
+  through the Serve app (`measure_service`) and in-process FAISS (`bench/load.in_process`);
 - scaling: end-to-end build throughput and per-stage rates vs actors per stage (1..N).
 
-Generation, encoding and scaling run on a synthetic corpus (`pipeline_throughput.synthetic_corpus`)
-built with `pipeline_throughput.bench_config`, so their figures match that benchmark's.
+Generation, encoding and scaling run on the synthetic corpus (`bench/synthetic.py`) built with
+`bench/builds.bench_config`, so their figures match `pipeline_throughput`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import functools
 import io
@@ -26,8 +27,8 @@ import os
 import shutil
 import tempfile
 import time
-from argparse import Namespace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,18 @@ import numpy as np
 from pydantic import Field
 
 from xqg_ray.bench import pipeline_throughput as pt
+from xqg_ray.bench.builds import (
+    BuildSettings,
+    Layout,
+    bench_config,
+    local_layout,
+    ray_layout,
+    stage_stats,
+    stage_units,
+)
 from xqg_ray.bench.harness import machine_info
+from xqg_ray.bench.load import HOST, healthz_floor, http_load, in_process
+from xqg_ray.bench.synthetic import synthetic_corpus
 from xqg_ray.config import RunConfig, load_config, parse_override, set_path
 from xqg_ray.errors import ConfigError
 from xqg_ray.paths import RunPaths
@@ -47,6 +59,7 @@ from xqg_ray.storage import PartitionedTable, join, read_json, write_json_atomic
 from xqg_ray.strict import Strict, validate
 
 SWEEPS = ("generation", "encoding", "index", "search", "scaling")
+SEARCH_APP = "sweep-search-bench"
 
 
 class RunRef(Strict):
@@ -182,32 +195,36 @@ class Builds:
         self.workdir = workdir
         xquad_dir = ensure_dataset("xquad", sweep.xquad_dir or None)
         self.models = sweep.models or ensure_tiny_models(cache_root() / "tiny-models", xquad_dir)
-        self.corpus = pt.synthetic_corpus(workdir / "corpus", sweep.passages, xquad_dir)
+        self.corpus = synthetic_corpus(workdir / "corpus", sweep.passages, xquad_dir)
         self.count = 0
 
-    def config(self, layout: pt.Layout, **changes: Any) -> RunConfig:
-        """`pipeline_throughput.bench_config` with this point's values and the sweep overrides."""
+    def config(self, layout: Layout, **changes: Any) -> RunConfig:
+        """`bench_config` with this point's values and the sweep overrides."""
         self.count += 1
         base = self.sweep.base
-        args = Namespace(**{**base.model_dump(), "strategies": ["dense"], "cpus": self.sweep.cpus})
-        for key, value in changes.items():
-            setattr(args, key, value)
-        cfg = pt.bench_config(
-            str(self.workdir / f"point-{self.count:03d}"), self.corpus, self.models, args, layout
+        settings = BuildSettings(
+            **base.model_dump(exclude={"threads"}), strategies=["dense"], cpus=self.sweep.cpus
+        )
+        cfg = bench_config(
+            str(self.workdir / f"point-{self.count:03d}"),
+            self.corpus,
+            self.models,
+            replace(settings, **changes),
+            layout,
         )
         data = cfg.model_dump()
         for item in self.sweep.overrides:
             set_path(data, *parse_override(item))
         return RunConfig.model_validate(data)
 
-    def layout(self, generate_actors: int, encode_actors: int = 1) -> pt.Layout:
+    def layout(self, generate_actors: int, encode_actors: int = 1) -> Layout:
         base = self.sweep.base
         if not self.sweep.ray:
             if generate_actors > 1 or encode_actors > 1:
                 raise ConfigError("sweep: more than one actor needs `ray: true`")
-            return pt.local_layout(base.threads)
+            return local_layout(base.threads)
         spec = f"{generate_actors}x{base.threads}:{encode_actors}x{base.threads}"
-        return pt.ray_layout(spec, self.sweep.actor_num_cpus)
+        return ray_layout(spec, self.sweep.actor_num_cpus)
 
 
 def run_one_stage(cfg: RunConfig, stage: str) -> dict[str, Any]:
@@ -317,7 +334,7 @@ def sweep_scaling(builds: Builds, grid: ScalingGrid) -> list[dict[str, Any]]:
         start = time.perf_counter()
         build(cfg)
         seconds = time.perf_counter() - start
-        stages = pt.stage_stats(cfg.root)
+        stages = stage_stats(cfg.root)
         row: dict[str, Any] = {
             "actors": actors,
             "passages": builds.sweep.passages,
@@ -325,7 +342,7 @@ def sweep_scaling(builds: Builds, grid: ScalingGrid) -> list[dict[str, Any]]:
             "passages_per_second": builds.sweep.passages / seconds,
         }
         for stage, stats in stages.items():
-            unit, count = pt.stage_units(stage, stats, builds.sweep.passages)
+            unit, count = stage_units(stage, stats, builds.sweep.passages)
             row[f"{stage}_{unit}_per_second"] = count / stats["seconds"]
         rows.append(row)
     return rows
@@ -369,19 +386,67 @@ def _latency(prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {"mode": prefix, **{key: summary[key] for key in keys}}
 
 
-def sweep_search(run: RunConfig, grid: SearchGrid, workdir: Path) -> list[dict[str, Any]]:
-    from xqg_ray.bench import serve_latency as sl
+def measure_service(
+    index: dict, grid: SearchGrid, port: int, record: Callable[[dict], None]
+) -> None:
+    """The service (default layout) at each replicas setting and concurrency of the grid, beside
+    in-process FAISS; one row per setting."""
+    from ray import serve
+
     from xqg_ray.index.shards import load_manifest
+    from xqg_ray.serve.app import build_app, plan
+    from xqg_ray.serve.config import ServeConfig
+
+    manifest = load_manifest(index["url"])
+    rng = np.random.default_rng(1)
+    queries = rng.standard_normal((grid.requests, manifest["dimension"])).astype(np.float32)
+    baseline = in_process(index["url"], queries, grid.k)
+    for replicas in grid.replicas:
+        cfg = ServeConfig(
+            index=index["url"],
+            port=port,
+            replicas_per_shard=replicas,
+            shard_num_cpus=grid.shard_num_cpus,
+            router_num_cpus=grid.router_num_cpus,
+            max_batch_size=grid.max_batch_size,
+        )
+        plan(cfg, manifest)  # refuses, naming the setting, what Ray cannot place
+        serve.run(build_app(cfg), name=SEARCH_APP, route_prefix="/bench")
+        url = f"http://{HOST}:{port}/bench/search_vectors"
+        asyncio.run(http_load(url, queries[:20], grid.k, 1, 60))  # warm-up
+        floor = asyncio.run(healthz_floor(f"http://{HOST}:{port}/bench/healthz"))
+        for concurrency in grid.concurrency:
+            service, failures = asyncio.run(
+                http_load(url, queries, grid.k, concurrency, grid.max_duration_s)
+            )
+            record(
+                {
+                    "index": index["label"],
+                    "shards": len(manifest["shards"]),
+                    "n_total": manifest["n_total"],
+                    "replicas_per_shard": replicas,
+                    "concurrency": concurrency,
+                    "service": service,
+                    "failed_or_partial": failures,
+                    "in_process": baseline,
+                    "healthz": floor,
+                }
+            )
+        serve.delete(SEARCH_APP)
+
+
+def sweep_search(run: RunConfig, grid: SearchGrid, workdir: Path) -> list[dict[str, Any]]:
+    from xqg_ray.index.shards import load_manifest
+    from xqg_ray.serve.app import free_port
     from xqg_ray.stages.index import index_url
 
     strategies = grid.strategies or list(run.augment.strategies)
-    args = Namespace(**grid.model_dump())
     rows: list[dict[str, Any]] = []
-    port = sl.free_port() if grid.service else 0
+    port = free_port() if grid.service else 0
     if grid.service:
         from ray import serve
 
-        serve.start(http_options={"host": sl.HOST, "port": port})
+        serve.start(http_options={"host": HOST, "port": port})
     try:
         for strategy in strategies:
             own = index_url(run, strategy)
@@ -394,14 +459,14 @@ def sweep_search(run: RunConfig, grid: SearchGrid, workdir: Path) -> list[dict[s
                     queries = np.random.default_rng(1).standard_normal(
                         (grid.requests, load_manifest(url)["dimension"])
                     )
-                    baseline = sl.in_process(url, queries.astype(np.float32), grid.k)
+                    baseline = in_process(url, queries.astype(np.float32), grid.k)
                     rows.append(
                         {**point, "entries": entries, "replicas": None, "concurrency": 1}
                         | _latency("in-process", baseline)
                     )
                     continue
                 service_rows: list[dict[str, Any]] = []
-                sl.bench_index({"label": strategy, "url": url}, args, port, service_rows.append)
+                measure_service({"label": strategy, "url": url}, grid, port, service_rows.append)
                 baseline = service_rows[0]["in_process"]
                 rows.append(
                     {**point, "entries": entries, "replicas": None, "concurrency": 1}
