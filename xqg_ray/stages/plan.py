@@ -39,9 +39,20 @@ def with_ids(table: pa.Table, first: int = 0) -> pa.Table:
 
 def write_plan(table: pa.Table, url: str, rows_per_part: int, meta: dict) -> list[str]:
     """Write the planned parts once; a rerun with other parameters is refused, not mixed in."""
+    blocks = (
+        table.slice(start, rows_per_part) for start in range(0, table.num_rows, rows_per_part)
+    )
+    return _write_parts(url, table.num_rows, rows_per_part, meta, blocks)
+
+
+def _write_parts(
+    url: str, rows: int, rows_per_part: int, meta: dict, blocks: Iterator[pa.Table]
+) -> list[str]:
+    """Part N is the Nth block; parts already recorded are kept, and a complete plan made with
+    other parameters is refused. `blocks` is read only while the plan is incomplete."""
     target = PartitionedTable(url)
-    names = [part_name(i) for i in range((table.num_rows + rows_per_part - 1) // rows_per_part)]
-    plan_meta = {**meta, "rows_per_part": rows_per_part, "rows": table.num_rows}
+    names = [part_name(i) for i in range((rows + rows_per_part - 1) // rows_per_part)]
+    plan_meta = {**meta, "rows_per_part": rows_per_part, "rows": rows}
     existing = target.manifest()
     if existing and existing.get("complete"):
         if existing["meta"] != plan_meta:
@@ -52,11 +63,10 @@ def write_plan(table: pa.Table, url: str, rows_per_part: int, meta: dict) -> lis
         return sorted(existing["parts"])
     done = set(target.recorded_parts())
     records = {}
-    for number, name in enumerate(names):
+    for number, block in enumerate(blocks):
+        name = part_name(number)
         if name not in done:
-            records[name] = target.write_part(
-                name, table.slice(number * rows_per_part, rows_per_part)
-            )
+            records[name] = target.write_part(name, block)
     target.finalize(meta=plan_meta, expected=names, records=records)
     return names
 
@@ -101,26 +111,9 @@ def stream_plan(
     time, filtered to `languages`, numbered with a running id and cut into parts of
     `rows_per_part` rows, so at most one source part and one planned part are held. The parts,
     ids and manifest are those `write_plan` writes for the whole table."""
-    target = PartitionedTable(url)
     total = count_selected(source, languages, what)
-    names = [part_name(i) for i in range((total + rows_per_part - 1) // rows_per_part)]
-    plan_meta = {**meta, "rows_per_part": rows_per_part, "rows": total}
-    existing = target.manifest()
-    if existing and existing.get("complete"):
-        if existing["meta"] != plan_meta:
-            raise ConfigError(
-                f"{url} was planned with {existing['meta']}, this run asks for {plan_meta}: "
-                "use a new run root (or delete it) to change the collection"
-            )
-        return sorted(existing["parts"])
-    done = set(target.recorded_parts())
-    records = {}
-    for number, block in enumerate(_blocks(source, languages, columns, rows_per_part)):
-        name = part_name(number)
-        if name not in done:
-            records[name] = target.write_part(name, block)
-    target.finalize(meta=plan_meta, expected=names, records=records)
-    return names
+    blocks = _blocks(source, languages, columns, rows_per_part)
+    return _write_parts(url, total, rows_per_part, meta, blocks)
 
 
 def _blocks(
