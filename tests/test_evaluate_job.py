@@ -30,7 +30,8 @@ from xqg_ray.datasets import load_corpus
 from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
-from xqg_ray.serve.app import free_port
+from xqg_ray.ray_start import start_ray
+from xqg_ray.serve.local import free_port
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.search import compare_runs, search_offline
 from xqg_ray.stages.settings_eval import evaluate_settings
@@ -99,7 +100,7 @@ def xquad(tmp_path_factory, tiny_models, shared_data):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -275,8 +276,8 @@ def test_service_run_equals_offline_run(xquad, ray_local):
 
 
 def test_a_given_service_url_is_checked_and_used(xquad, ray_local):
-    from xqg_ray.serve.app import run_server
     from xqg_ray.serve.config import ServeConfig
+    from xqg_ray.serve.local import run_server
 
     cfg = xquad["cfg"]
     index = RunPaths(cfg.root).index(cfg.encoder.name, "dense")

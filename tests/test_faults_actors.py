@@ -19,7 +19,7 @@ from test_pipeline import tables
 
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
-from xqg_ray.serve.app import free_port
+from xqg_ray.serve.local import free_port
 from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import PartitionedTable
 

@@ -23,8 +23,10 @@ from schemathesis.specs.openapi.checks import (
 import xqg_ray
 from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.index import build_shards
-from xqg_ray.serve.app import build_app, free_port, run_server
+from xqg_ray.ray_start import start_ray
+from xqg_ray.serve.app import build_app
 from xqg_ray.serve.config import Limits, ServeConfig
+from xqg_ray.serve.local import free_port, run_server
 
 pytestmark = pytest.mark.ray
 
@@ -45,7 +47,7 @@ def services(tmp_path_factory):
     monkey.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     port = free_port()
     limits = Limits(max_k=50, max_queries=4, max_query_chars=40, max_body_bytes=8192)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     open_cfg = ServeConfig(
         index=str(base / "index"), port=port, app_name="open", route_prefix="/open", **SMALL
     )

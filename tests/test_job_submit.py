@@ -17,7 +17,7 @@ from helpers import tiny_run_config
 
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
-from xqg_ray.serve.app import free_port
+from xqg_ray.serve.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xqg_ray"
 LAYERS = [
-    {"errors", "strict", "storage", "config", "paths", "schema", "languages"},
+    {"errors", "strict", "storage", "config", "paths", "schema", "languages"}
+    | {"console", "ray_start"},
     {"datasets", "models", "index", "evaluate"},
     {"stages", "serve"},
     {"testing"},

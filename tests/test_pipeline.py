@@ -11,6 +11,7 @@ from helpers import tiny_run_config
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
+from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.generate import generate_part
 from xqg_ray.stages.pipeline import build, evaluate
@@ -35,7 +36,7 @@ def local_run(tmp_path_factory, tiny_models, shared_data):
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
     """Started after the S3 server, so workers inherit its endpoint and test credentials."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()
 

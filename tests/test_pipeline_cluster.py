@@ -19,6 +19,7 @@ from ray.cluster_utils import Cluster
 from test_pipeline import assert_same_outputs
 
 from xqg_ray.paths import RunPaths
+from xqg_ray.ray_start import start_ray
 from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import PartitionedTable
 
@@ -44,7 +45,7 @@ def cluster():
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cpu_worker = nodes.add_node(num_cpus=1)
     gpu_worker = nodes.add_node(num_cpus=1, num_gpus=1)
-    ray.init(address=nodes.address, log_to_driver=False)
+    start_ray(address=nodes.address)
     nodes.wait_for_nodes()
     yield nodes, cpu_worker, gpu_worker
     ray.shutdown()

@@ -17,6 +17,7 @@ from xqg_ray.bench.scale_models import scale_config
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
+from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.index import build_index, entries_url, index_url, shard_record_url
 from xqg_ray.stages.pipeline import build
@@ -161,12 +162,7 @@ def test_language_subset_index_from_parts(built):
 
 @pytest.fixture(scope="module")
 def ray_with_scale_backends(s3_server):
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()
 

@@ -29,9 +29,11 @@ from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
 from xqg_ray.index import build_shards
 from xqg_ray.models.encoder import load_encoder
-from xqg_ray.serve.app import build_app, free_port, run_server
+from xqg_ray.ray_start import start_ray
+from xqg_ray.serve.app import build_app
 from xqg_ray.serve.client import SearchClient, ServiceError
 from xqg_ray.serve.config import Limits, ServeConfig
+from xqg_ray.serve.local import free_port, run_server
 
 pytestmark = pytest.mark.ray
 
@@ -121,7 +123,7 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
     token_file.write_text(TOKEN + "\n")
 
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a `ray start`
+    start_ray(num_cpus=2)  # never joins a `ray start` cluster
     vec_cfg = ServeConfig(
         index=str(base / "vec"),
         port=port,

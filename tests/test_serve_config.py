@@ -16,9 +16,10 @@ from ray.serve.schema import ServeDeploySchema
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError, StorageError
 from xqg_ray.index import build_shards
-from xqg_ray.serve.app import app_builder, encoder_from_manifest, resolve_corpus, service_url
+from xqg_ray.serve.app import app_builder, encoder_from_manifest, resolve_corpus
 from xqg_ray.serve.client import SearchClient, ServiceError
 from xqg_ray.serve.config import ServeConfig
+from xqg_ray.serve.local import service_url
 from xqg_ray.serve.router import resolve_token
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("serve*.yaml"))

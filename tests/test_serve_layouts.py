@@ -26,10 +26,11 @@ from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError
 from xqg_ray.index import build_shards
 from xqg_ray.models.encoder import load_encoder
-from xqg_ray.serve.app import free_port, run_server
+from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.layout import check_fits, plan_layout
+from xqg_ray.serve.local import free_port, run_server
 
 pytestmark = pytest.mark.ray
 
@@ -188,7 +189,7 @@ def test_xqg_ray_serve_stops_within_seconds_of_ctrl_c(index, tmp_path):
 
 @pytest.fixture(scope="module")
 def two_cpus():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     yield free_port()  # Serve's HTTP port: the first run_server starts Serve on it
     serve.shutdown()
     ray.shutdown()

@@ -9,15 +9,16 @@ from ray import serve
 
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards
-from xqg_ray.serve.app import free_port, run_server
+from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
 from xqg_ray.serve.config import ServeConfig
+from xqg_ray.serve.local import free_port, run_server
 
 
 @pytest.fixture
 def ray_after_s3(s3_server):
     """Started after the S3 server, so the replicas inherit its endpoint and test credentials."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     yield
     serve.shutdown()
     ray.shutdown()

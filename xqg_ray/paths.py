@@ -40,3 +40,8 @@ class RunPaths:
 
     def stats(self, stage: str) -> str:
         return join(self.root, "stats", f"{stage}.json")
+
+    @property
+    def logs(self) -> str:
+        """Ray's and Serve's logs of the CLI's runs on a local root, one file per run."""
+        return join(self.root, "logs")

@@ -34,6 +34,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from xqg_ray import ray_start
 from xqg_ray.bench.builds import (
     BuildSettings,
     Layout,
@@ -73,7 +74,7 @@ def start_ray(cpus: int) -> dict[str, float]:
     import ray
 
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray_start.start_ray(num_cpus=cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     init = time.perf_counter() - start
     start = time.perf_counter()

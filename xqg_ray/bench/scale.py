@@ -223,18 +223,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """One size in this (fresh) process: the pipeline with Ray, measured."""
     import ray
 
+    from xqg_ray.ray_start import start_ray
     from xqg_ray.stages.pipeline import build, evaluate
 
     corpus = json.loads(args.corpus)
     cfg = scale_run_config(args.root, corpus, args.size, args)
     requests_before = request_count(args.s3_endpoint)
     start = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=args.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray(num_cpus=args.cpus)
     ray_start = time.perf_counter() - start
     with WorkerPeak() as workers:
         start = time.perf_counter()

@@ -25,8 +25,10 @@ from ray import serve
 from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
 from xqg_ray.bench.load import HOST, http_load, in_process
 from xqg_ray.index.shards import build_shards
-from xqg_ray.serve.app import build_app, free_port
+from xqg_ray.ray_start import start_ray
+from xqg_ray.serve.app import build_app
 from xqg_ray.serve.config import ServeConfig
+from xqg_ray.serve.local import free_port
 
 APP = "serve-capacity-bench"
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         "steps": [],
         "capacity": {},
     }
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=os.cpu_count())
     port = free_port()
     serve.start(http_options={"host": HOST, "port": port})
     try:

@@ -36,8 +36,9 @@ from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.bench.load import HOST
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards
-from xqg_ray.serve.app import free_port, run_server
+from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.config import ServeConfig
+from xqg_ray.serve.local import free_port, run_server
 
 APP = "serve-faults-bench"
 
@@ -181,9 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     queries = rng.standard_normal((args.requests, args.dim)).astype(np.float32)
     exact = ShardedSearcher(index_url).search(queries, args.k)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:  # a fresh local Ray: never join another cluster on this machine by accident
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
+    started_ray = start_ray(num_cpus=os.cpu_count())  # local unless RAY_ADDRESS asks to join
     cfg = ServeConfig(
         index=index_url,
         host=HOST,

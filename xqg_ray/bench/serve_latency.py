@@ -40,9 +40,11 @@ from xqg_ray import storage
 from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
 from xqg_ray.bench.load import HOST, http_load, in_process, summarize
 from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
-from xqg_ray.serve.app import build_app, free_port, plan
+from xqg_ray.ray_start import start_ray
+from xqg_ray.serve.app import build_app, plan
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.deployments import ShardGroup
+from xqg_ray.serve.local import free_port
 from xqg_ray.serve.schemas import VectorSearchRequest
 
 APP = "serve-latency-bench"
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
         indexes += synthetic_indexes(args.n, args.dim, args.shards, workdir)
     if args.large:
         indexes += large_indexes(workdir, args.large_n, args.large_dim, args.large_kinds)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=args.num_cpus)
     result = {
         "benchmark": "serve_latency",
         "machine": machine_info(),

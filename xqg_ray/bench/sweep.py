@@ -51,6 +51,7 @@ from xqg_ray.bench.synthetic import synthetic_corpus
 from xqg_ray.config import RunConfig, load_config, parse_override, set_path
 from xqg_ray.errors import ConfigError
 from xqg_ray.paths import RunPaths
+from xqg_ray.ray_start import start_ray
 from xqg_ray.stages.encode import EncodeTask
 from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.pipeline import build, ingest, make_plan
@@ -437,7 +438,7 @@ def measure_service(
 
 def sweep_search(run: RunConfig, grid: SearchGrid, workdir: Path) -> list[dict[str, Any]]:
     from xqg_ray.index.shards import load_manifest
-    from xqg_ray.serve.app import free_port
+    from xqg_ray.serve.local import free_port
     from xqg_ray.stages.index import index_url
 
     strategies = grid.strategies or list(run.augment.strategies)
@@ -527,7 +528,7 @@ def run_sweeps(
 
             if not ray.is_initialized():
                 if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: the job's cluster
-                    ray.init(log_to_driver=False)
+                    start_ray()
                 else:
                     pt.start_ray(sweep.cpus)
                 started_ray = True

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from xqg_ray.config import RayConfig, StageResources
+from xqg_ray.console import interactive, stage_line
 from xqg_ray.errors import ConfigError
+from xqg_ray.ray_start import start_ray
 from xqg_ray.storage import PartitionedTable, write_json_atomic
 
 PartTask = Callable[[str], dict[str, Any]]
@@ -97,16 +99,10 @@ def ensure_ray(cfg: RayConfig) -> None:
     """
     import ray
 
-    if not ray.is_initialized():
-        joining = cfg.address or os.environ.get("RAY_ADDRESS")
-        ray.init(
-            address=cfg.address if joining else "local",
-            num_cpus=None if joining else cfg.num_cpus,
-            include_dashboard=False,
-            log_to_driver=True,
-        )
+    start_ray(cfg.address, cfg.num_cpus)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = cfg.progress_bars
+    context.enable_operator_progress_bars = False  # one bar per stage, named after it
 
 
 def check_resources(stage: str, resources: StageResources) -> None:
@@ -143,7 +139,8 @@ def run_parts(
         from tqdm.auto import tqdm
 
         rows = []
-        for part in tqdm(pending, desc=name, unit="part", disable=not ray_cfg.progress_bars):
+        bar = ray_cfg.progress_bars and interactive()  # elsewhere `run_stage` prints a line
+        for part in tqdm(pending, desc=name, unit="part", disable=not bar):
             batch = worker({"part": np.array([part])})
             rows.append({key: value[0].item() for key, value in batch.items()})
         return rows
@@ -169,6 +166,7 @@ def run_parts(
         mapped = dataset.map_batches(
             run_parts_once, fn_kwargs={"factory": factory}, batch_size=1, **remote_args
         )
+    mapped.set_name(name)  # its progress bar and logs name the stage
     results = mapped.take_all()
     return [{key: _plain(value) for key, value in row.items()} for row in results]
 
@@ -240,6 +238,7 @@ def run_stage(
         else:
             stats[key] = sum(values)
     write_json_atomic(stats_url, stats)
+    stage_line(name, rows_in, seconds, ray_cfg.progress_bars)
     return stats
 
 

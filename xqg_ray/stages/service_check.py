@@ -16,7 +16,7 @@ from xqg_ray.config import RunConfig
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
-from xqg_ray.serve.app import free_port
+from xqg_ray.serve.local import free_port
 from xqg_ray.storage import PartitionedTable
 
 
@@ -28,9 +28,9 @@ def check_service(
     `latency_requests`, then time that many sequential one-query requests of each route."""
     from ray import serve
 
-    from xqg_ray.serve.app import run_server
     from xqg_ray.serve.client import SearchClient
     from xqg_ray.serve.config import ServeConfig
+    from xqg_ray.serve.local import run_server
 
     paths = RunPaths(cfg.root)
     index_url = paths.index(cfg.encoder.name, strategy)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from xqg_ray.config import RunConfig
 from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.index.shards import load_manifest
-from xqg_ray.serve.app import free_port
+from xqg_ray.serve.local import free_port
 from xqg_ray.stages.search import RUN_SCHEMA, sorted_run
 
 APP_NAME = "xqg-evaluate"
@@ -110,8 +110,8 @@ class ServiceSearch:
     def _deploy(self, index_url: str) -> str:
         from ray import serve
 
-        from xqg_ray.serve.app import run_server
         from xqg_ray.serve.config import Limits, ServeConfig
+        from xqg_ray.serve.local import run_server
         from xqg_ray.stages.runner import ensure_ray
 
         if self.port is None:
