@@ -50,47 +50,52 @@ def built(tmp_path_factory, tiny_models, shared_data):
     return cfg
 
 
-def todays_inputs(cfg) -> tuning.MixingInputs:
-    """The mixing inputs as the tuning read them before the fusion: every per-query vector,
-    summed per passage in float64 in table order (what `xqg_mix` does)."""
-    inputs = tuning.read_mixing_inputs(cfg)
-    paths = RunPaths(cfg.root)
-    passages = PartitionedTable(paths.embeddings(cfg.encoder.name, "passages")).read()
+def todays_part(cfg, part: str) -> tuning.MixingPart:
+    """A part as the tuning read it before the fusion: every per-query vector, summed per
+    passage in float64 in table order (what `xqg_mix` does)."""
+    mixing = tuning.read_mixing_part(cfg, part)
+    url = RunPaths(cfg.root).embeddings(cfg.encoder.name, "generated-" + cfg.generator.name)
     generated = select_generated(
-        PartitionedTable(
-            paths.embeddings(cfg.encoder.name, "generated-" + cfg.generator.name)
-        ).read(),
+        PartitionedTable(url).read_part(part),
         cfg.augment.languages,
         cfg.augment.queries_per_language,
     )
-    rows = row_positions(generated["pid"], passages["pid"].to_pylist())
-    vectors = arrow_to_vectors(generated["vector"])
-    totals = np.zeros_like(inputs.query_sums)
-    np.add.at(totals, rows, vectors.astype(np.float64))
-    inputs.query_sums = totals
-    inputs.query_counts = np.bincount(rows, minlength=len(inputs.pids))
-    inputs.per_query = (vectors, rows)
-    return inputs
+    rows = row_positions(generated["pid"], mixing.pids.tolist())
+    totals = np.zeros_like(mixing.query_sums)
+    np.add.at(totals, rows, arrow_to_vectors(generated["vector"]).astype(np.float64))
+    mixing.query_sums = totals
+    mixing.query_counts = np.bincount(rows, minlength=len(mixing.ids))
+    return mixing
 
 
 def test_tuning_from_sums_equals_tuning_from_every_query_vector(built):
     cfg = built
-    sums = tuning.read_mixing_inputs(cfg)
-    today = todays_inputs(cfg)
-    # entry by entry: the same counts, sums within float32 summation order
-    np.testing.assert_array_equal(sums.query_counts, today.query_counts)
-    assert sums.query_counts.sum() > 0
-    np.testing.assert_allclose(sums.query_sums, today.query_sums, rtol=1e-6, atol=1e-6)
-    vectors, rows = today.per_query
-    for reduce in ("sum", "mean"):
-        for alpha in (0.01, 0.3):
-            published = xqg_mix(sums.passage_vectors, vectors, rows, alpha, reduce)
-            remixed = mix_from_sums(
-                sums.passage_vectors, sums.query_sums, sums.query_counts, alpha, reduce
-            )
-            np.testing.assert_allclose(remixed, published, rtol=1e-6, atol=1e-7)
+    url = RunPaths(cfg.root).embeddings(cfg.encoder.name, "generated-" + cfg.generator.name)
+    parts = sorted(PartitionedTable(RunPaths(cfg.root).collection).manifest()["parts"])
+    counted = 0
+    for part in parts:
+        sums, today = tuning.read_mixing_part(cfg, part), todays_part(cfg, part)
+        # entry by entry: the same counts, sums within float32 summation order
+        np.testing.assert_array_equal(sums.query_counts, today.query_counts)
+        counted += int(sums.query_counts.sum())
+        np.testing.assert_allclose(sums.query_sums, today.query_sums, rtol=1e-6, atol=1e-6)
+        generated = select_generated(
+            PartitionedTable(url).read_part(part),
+            cfg.augment.languages,
+            cfg.augment.queries_per_language,
+        )
+        vectors = arrow_to_vectors(generated["vector"])
+        rows = row_positions(generated["pid"], sums.pids.tolist())
+        for reduce in ("sum", "mean"):
+            for alpha in (0.01, 0.3):
+                published = xqg_mix(sums.vectors, vectors, rows, alpha, reduce)
+                remixed = mix_from_sums(
+                    sums.vectors, sums.query_sums, sums.query_counts, alpha, reduce
+                )
+                np.testing.assert_allclose(remixed, published, rtol=1e-6, atol=1e-7)
+    assert counted > 0
     # metric by metric: the whole tuning result is the same
-    assert tuning.tune_xqg(cfg) == tuning.tune_xqg(cfg, today)
+    assert tuning.tune_xqg(cfg) == tuning.tune_xqg(cfg, todays_part)
 
 
 def test_per_query_vectors_are_written_only_for_multivector(

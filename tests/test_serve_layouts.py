@@ -256,7 +256,7 @@ def test_a_late_start_says_what_is_not_up(index, two_cpus):
 
 def test_shard_cache_checks_each_file_once_and_refuses_a_corrupt_one(tmp_path, monkeypatch):
     from xqg_ray.errors import StorageError
-    from xqg_ray.serve import shard_cache
+    from xqg_ray.index import shard_cache
     from xqg_ray.serve.corpus import PassageLookup, passage_table
 
     url = str(tmp_path / "index")

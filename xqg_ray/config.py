@@ -248,6 +248,11 @@ class IndexConfig(Strict):
 
 class SearchConfig(Strict):
     depth: int = Field(default=100, ge=1, description="How many passages to retrieve per query.")
+    params: str = Field(
+        default="",
+        description="FAISS search parameters for evaluation, a faiss.ParameterSpace string such "
+        "as nprobe=16 (IVF) or efSearch=128 (HNSW); default: the index manifest's own (none).",
+    )
 
 
 class EvaluateConfig(Strict):

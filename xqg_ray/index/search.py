@@ -121,6 +121,18 @@ class StrideEntryMap:
         return np.where(entry_ids < 0, -1, entry_ids // self.stride)
 
 
+def is_multivector(manifest: dict) -> bool:
+    """Whether the index holds several entries per passage (searches collapse them)."""
+    return bool(manifest.get("entry_stride") or manifest.get("entry_map"))
+
+
+def max_entries_per_passage(manifest: dict) -> int:
+    """The most entries one passage has in the index (1 unless multivector)."""
+    if manifest.get("entry_stride"):
+        return int(manifest["max_entries_per_passage"])
+    return int((manifest.get("entry_map") or {}).get("max_entries_per_passage", 1))
+
+
 def entry_map_of(manifest: dict, pairs: np.ndarray | None) -> EntryMap | StrideEntryMap | None:
     """The manifest's entry -> passage mapping: by stride when recorded, else the table."""
     if manifest.get("entry_stride"):
@@ -129,19 +141,15 @@ def entry_map_of(manifest: dict, pairs: np.ndarray | None) -> EntryMap | StrideE
 
 
 def collapse_to_passages(
-    scores: np.ndarray,
-    entry_ids: np.ndarray,
-    entry_to_passage: EntryMap | StrideEntryMap,
-    k: int,
-    keep_max: bool = True,
+    scores: np.ndarray, passages: np.ndarray, k: int, keep_max: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each passage once, scored by its best entry: (scores, passage ids), each (n, k).
 
-    `scores`/`entry_ids` must be sorted best first per row (as FAISS and `merge_topk` return).
-    Rows with fewer than k distinct passages are padded with id -1.
+    `passages` are the passage ids of the entries whose `scores` are given, sorted best first
+    per row (as FAISS and `merge_topk` return), -1 for no entry. Rows with fewer than k
+    distinct passages are padded with id -1.
     """
     k = check_k(k)
-    passages = entry_to_passage.to_passages(entry_ids)
     out_scores = np.full((len(scores), k), empty_score(keep_max), dtype=np.float32)
     out_ids = np.full((len(scores), k), -1, dtype=np.int64)
     for row in range(len(scores)):
@@ -158,22 +166,16 @@ class PassageSearch:
     """Exact top-k passages over a multivector index, fetching deeper only where needed.
 
     A driver asks `next_request()` for (rows, depth), searches the entries of those query rows to
-    that depth (merged over shards), hands the answer to `add`, and repeats until it gets None.
-    Sync and async callers share this logic.
+    that depth (merged over shards), hands their scores and passage ids to `add`, and repeats
+    until it gets None. Sync, async and task-parallel callers share this logic.
     """
 
     def __init__(
-        self,
-        n_queries: int,
-        k: int,
-        entry_map: EntryMap | StrideEntryMap,
-        n_total: int,
-        keep_max: bool,
+        self, n_queries: int, k: int, max_entries_per_passage: int, n_total: int, keep_max: bool
     ):
         self.k = check_k(k)
-        self.entry_map = entry_map
         self.keep_max = keep_max
-        self.cap = min(n_total, self.k * entry_map.max_entries_per_passage)
+        self.cap = min(n_total, self.k * max(1, int(max_entries_per_passage)))
         self.depth = min(self.cap, self.k * INITIAL_OVERFETCH)
         self.rows: np.ndarray | None = np.arange(n_queries)
         self.scores = np.full((n_queries, self.k), empty_score(keep_max), dtype=np.float32)
@@ -184,11 +186,10 @@ class PassageSearch:
             return None
         return self.rows, self.depth
 
-    def add(self, scores: np.ndarray, entry_ids: np.ndarray) -> None:
+    def add(self, scores: np.ndarray, passages: np.ndarray) -> None:
+        """The entries found for the requested rows: scores and their passages' ids."""
         rows = self.rows
-        got_scores, got_ids = collapse_to_passages(
-            scores, entry_ids, self.entry_map, self.k, self.keep_max
-        )
+        got_scores, got_ids = collapse_to_passages(scores, passages, self.k, self.keep_max)
         self.scores[rows], self.ids[rows] = got_scores, got_ids
         short = got_ids[:, -1] < 0
         if self.depth >= self.cap:
@@ -234,11 +235,16 @@ class ShardedSearcher:
         if self.entry_map is None:
             return self.search_entries(queries, check_k(k))
         plan = PassageSearch(
-            len(queries), k, self.entry_map, int(self.manifest["n_total"]), self.keep_max
+            len(queries),
+            k,
+            self.entry_map.max_entries_per_passage,
+            int(self.manifest["n_total"]),
+            self.keep_max,
         )
         while (request := plan.next_request()) is not None:
             rows, depth = request
-            plan.add(*self.search_entries(queries[rows], depth))
+            scores, entry_ids = self.search_entries(queries[rows], depth)
+            plan.add(scores, self.entry_map.to_passages(entry_ids))
         return plan.result()
 
     def pids(self, passage_ids: np.ndarray) -> list[list[str | None]]:

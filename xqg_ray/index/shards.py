@@ -189,7 +189,7 @@ def build_shards(
     trained = _empty_index(dim, factory, metric)
     _train(trained, vectors, train_sample, seed)
     if search_params:
-        _apply_search_params(faiss.clone_index(trained), search_params)  # fail before writing
+        apply_search_params(faiss.clone_index(trained), search_params)  # fail before writing
 
     shards = []
     for number, rows in enumerate(np.array_split(np.arange(n), n_shards)):
@@ -446,7 +446,7 @@ def _verified_local_file(index_url: str, entry: dict, local_dir: str | None) -> 
     return path
 
 
-def _apply_search_params(index: faiss.Index, search_params: str) -> None:
+def apply_search_params(index: faiss.Index, search_params: str) -> None:
     try:
         faiss.ParameterSpace().set_index_parameters(index, search_params)
     except RuntimeError as exc:
@@ -488,7 +488,7 @@ def read_shard_file(path: str, manifest: dict, shard: int, mmap: bool = True) ->
             f"{expected} of dimension {manifest['dimension']}"
         )
     if manifest.get("search_params"):
-        _apply_search_params(index, manifest["search_params"])
+        apply_search_params(index, manifest["search_params"])
     return index
 
 

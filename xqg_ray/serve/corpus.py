@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from xqg_ray import storage
-from xqg_ray.serve.shard_cache import DEFAULT_CACHE_DIR, _locked, load_pid_table_cached
+from xqg_ray.index.shard_cache import DEFAULT_CACHE_DIR, _locked, load_pid_table_cached
 
 
 def _corpus_key(corpus_url: str) -> str:

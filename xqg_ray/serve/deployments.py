@@ -21,7 +21,7 @@ from ray import serve
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError
 from xqg_ray.index.search import keeps_max, merge_topk, search_index
-from xqg_ray.serve.shard_cache import load_shard_cached
+from xqg_ray.index.shard_cache import load_shard_cached
 
 DEFAULT_MAX_BATCH = 16
 SHUTDOWN_S = 2.0  # graceful shutdown of a replica: in-flight searches take milliseconds

@@ -23,18 +23,18 @@ from ray.serve.handle import DeploymentHandle
 
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.index.search import (
-    EntryMap,
     PassageSearch,
     check_k,
     check_queries,
+    entry_map_of,
     keeps_max,
     merge_topk,
 )
+from xqg_ray.index.shard_cache import load_entry_map_cached
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.corpus import PassageLookup, passage_table
 from xqg_ray.serve.deployments import DEFAULT_MAX_BATCH, SHUTDOWN_S, ShardGroup, TextEncoder
 from xqg_ray.serve.http_api import ROUTES, NotSupported, ServiceUnavailable, build_api
-from xqg_ray.serve.shard_cache import load_entry_map_cached
 from xqg_ray.serve.stats import ServiceStats
 
 logger = logging.getLogger("ray.serve")
@@ -92,8 +92,12 @@ class SearchRouter:
         self.keep_max = keeps_max(manifest["metric"])
         self.n_shards = len(manifest["shards"])
         local_dir = self.cfg.local_dir or None
-        pairs = load_entry_map_cached(index_url, manifest, local_dir)
-        self.entry_map = EntryMap(pairs) if pairs is not None else None
+        pairs = (
+            None
+            if manifest.get("entry_stride")
+            else load_entry_map_cached(index_url, manifest, local_dir)
+        )
+        self.entry_map = entry_map_of(manifest, pairs)
         self.passages = PassageLookup(passage_table(index_url, manifest, corpus_url, local_dir))
         self.has_corpus = bool(corpus_url)
         self.group_shards: list[list[int]] = layout["groups"]
@@ -203,14 +207,18 @@ class SearchRouter:
         if self.entry_map is None:
             return await self._scatter(vectors, k)
         plan = PassageSearch(
-            len(vectors), k, self.entry_map, int(self.manifest["n_total"]), self.keep_max
+            len(vectors),
+            k,
+            self.entry_map.max_entries_per_passage,
+            int(self.manifest["n_total"]),
+            self.keep_max,
         )
         missing: set[int] = set()
         while (request := plan.next_request()) is not None:
             rows, depth = request
             scores, entry_ids, absent = await self._scatter(vectors[rows], depth)
             missing.update(absent)
-            plan.add(scores, entry_ids)
+            plan.add(scores, self.entry_map.to_passages(entry_ids))
         return *plan.result(), sorted(missing)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=0.0)

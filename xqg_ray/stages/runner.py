@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -243,3 +243,26 @@ def run_stage(
 
 
 STATS_ROW_KEYS = {"part", "written", "node"}
+
+
+def tasks_in_order(
+    ray_cfg: RayConfig, calls: Sequence[tuple], num_cpus: float = 1
+) -> Iterator[Any]:
+    """`fn(*args)` for each call, yielded in call order: Ray tasks with at most twice the
+    cluster's CPUs in flight (so results are consumed as they come, never all held at once), or
+    here in turn when Ray is disabled. In order, so a fold over the results is deterministic."""
+    if not ray_cfg.enabled:
+        for fn, *args in calls:
+            yield fn(*args)
+        return
+    import ray
+
+    ensure_ray(ray_cfg)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    queue = list(calls)
+    in_flight: list[Any] = []
+    while queue or in_flight:
+        while queue and len(in_flight) < window:
+            fn, *args = queue.pop(0)
+            in_flight.append(ray.remote(num_cpus=num_cpus, max_retries=2)(fn).remote(*args))
+        yield ray.get(in_flight.pop(0))

@@ -77,9 +77,11 @@ Languages = tuple[str, ...]
 
 @dataclass
 class RunInputs:
-    """What every setting reads from a built run root, read once."""
+    """What every setting reads from a built run root, read once: query-sized tables, and of
+    the collection only its size per language and the languages of the judged passages."""
 
-    collection: pa.Table  # pid, lang of every indexed passage
+    passage_counts: dict[str, int]  # indexed passages per language
+    judged_passages: pa.Table  # pid, lang of the passages the qrels name
     queries: pa.Table  # qid, lang, text of every evaluation query
     vectors: pa.Table  # qid, lang, vector of the same queries
     qrels: pa.Table
@@ -87,7 +89,7 @@ class RunInputs:
 
     @property
     def passage_languages(self) -> list[str]:
-        return sorted(set(self.collection["lang"].to_pylist()))
+        return sorted(self.passage_counts)
 
     @property
     def query_languages(self) -> list[str]:
@@ -114,16 +116,52 @@ def require_build(cfg: RunConfig) -> None:
             raise InputError(f"{url}: missing or incomplete: {BUILD_HINT}")
 
 
-def read_inputs(cfg: RunConfig) -> RunInputs:
-    paths = RunPaths(cfg.root)
-    corpus_queries = read_table(paths.corpus("queries"))
-    answers: dict[str, list[str]] = {}
-    if "answers" in corpus_queries.column_names:
+def query_answers(cfg: RunConfig) -> dict[str, list[str]]:
+    """qid -> answer strings (what R@kt looks for), for the queries that have any."""
+    corpus_queries = read_table(RunPaths(cfg.root).corpus("queries"))
+    if "answers" not in corpus_queries.column_names:
+        return {}
+    return {
+        qid: values
         for qid, values in zip(
             corpus_queries["qid"].to_pylist(), corpus_queries["answers"].to_pylist(), strict=True
-        ):
-            if values:
-                answers[qid] = values
+        )
+        if values
+    }
+
+
+def collection_languages(cfg: RunConfig) -> dict[str, int]:
+    """Indexed passages per language, counted part by part in Arrow (never a corpus-sized
+    Python list)."""
+    collection = PartitionedTable(RunPaths(cfg.root).collection)
+    counts: dict[str, int] = {}
+    for part in sorted(collection.manifest()["parts"]):
+        for item in pc.value_counts(collection.read_part(part, columns=["lang"])["lang"]):
+            lang = item["values"].as_py()
+            counts[lang] = counts.get(lang, 0) + item["counts"].as_py()
+    return counts
+
+
+def passage_languages(cfg: RunConfig) -> list[str]:
+    return sorted(collection_languages(cfg))
+
+
+def judged_passages(cfg: RunConfig, qrels: pa.Table) -> pa.Table:
+    """pid, lang of the indexed passages the qrels name, read part by part."""
+    collection = PartitionedTable(RunPaths(cfg.root).collection)
+    wanted = qrels["pid"].unique()
+    tables = [
+        table.filter(pc.is_in(table["pid"], value_set=wanted))
+        for table in (
+            collection.read_part(part, columns=["pid", "lang"])
+            for part in sorted(collection.manifest()["parts"])
+        )
+    ]
+    return pa.concat_tables(tables) if tables else pa.table({"pid": [], "lang": []})
+
+
+def read_inputs(cfg: RunConfig) -> RunInputs:
+    paths = RunPaths(cfg.root)
     queries = PartitionedTable(paths.queryset).read(columns=["qid", "lang", "text"])
     vectors = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read(
         columns=["qid", "lang", "vector"]
@@ -131,12 +169,14 @@ def read_inputs(cfg: RunConfig) -> RunInputs:
     if cfg.tuning.dev_fraction > 0:  # dev queries choose settings; only test ones are reported
         roles = run_roles(cfg)
         queries, vectors = with_role(queries, roles, [TEST]), with_role(vectors, roles, [TEST])
+    qrels = read_table(paths.corpus("qrels"))
     return RunInputs(
-        collection=PartitionedTable(paths.collection).read(columns=["pid", "lang"]),
+        passage_counts=collection_languages(cfg),
+        judged_passages=judged_passages(cfg, qrels),
         queries=queries,
         vectors=vectors,
-        qrels=read_table(paths.corpus("qrels")),
-        answers=answers,
+        qrels=qrels,
+        answers=query_answers(cfg),
     )
 
 
@@ -234,6 +274,8 @@ def search_all(
                     "passage_languages": list(langs),
                     "query_languages": sorted(query_langs),
                     "index": urls[langs],
+                    "search_params": cfg.search.params
+                    or load_manifest(urls[langs]).get("search_params", ""),
                 }
                 found: dict[str, pa.Table] = {}
                 if via in ("offline", "both"):
@@ -245,6 +287,7 @@ def search_all(
                         cfg.ray,
                         cfg.evaluate.searchers,
                         cfg.evaluate.batch_size,
+                        cfg.search.params,
                     )
                     entry["offline_seconds"] = time.perf_counter() - start
                 if via in ("service", "both"):
@@ -277,19 +320,18 @@ def evaluate_setting(
 ) -> tuple[dict[str, Any], dict[str, pa.Table], pa.Table, pa.Table]:
     """Metrics of one setting, its per-strategy runs, its qrels and its per-query table."""
     pair_rows = []
-    queries, qrels, passages = [], [], []
+    queries, qrels = [], []
     for query_lang, langs in setting.pairs:
         pair_queries = _in_languages(inputs.queries, [query_lang])
-        pair_passages = _in_languages(inputs.collection, langs)
         queries.append(pair_queries)
-        passages.append(pair_passages)
-        qrels.append(judged_qrels(inputs.qrels, pair_queries, pair_passages))
+        judged = _in_languages(inputs.judged_passages, langs)
+        qrels.append(judged_qrels(inputs.qrels, pair_queries, judged))
         pair_rows.append(
             {
                 "query_language": query_lang,
                 "passage_languages": list(langs),
                 "queries": pair_queries.num_rows,
-                "passages": pair_passages.num_rows,
+                "passages": sum(inputs.passage_counts[lang] for lang in langs),
             }
         )
     setting_queries = pa.concat_tables(queries)
@@ -327,7 +369,9 @@ def evaluate_setting(
         "strategies": summarize(per_query, langs, measures, monolingual_languages(setting)),
         "queries": setting_queries.num_rows,
         "judged_queries": len(next(iter(per_query.values()))),
-        "passages": len(set(pa.concat_tables(passages)["pid"].to_pylist())),
+        "passages": sum(
+            inputs.passage_counts[lang] for lang in {lang for _, ls in setting.pairs for lang in ls}
+        ),
         "encoder": cfg.encoder.name,
         "generator": cfg.generator.name if _uses_generator(cfg) else None,
     }

@@ -4,7 +4,9 @@
 
 No re-encoding: the stored passage and query embeddings and each passage's generated-query sum
 and count (per language, written by the encoder actor) are re-mixed for every (reduce, alpha) of
-`tuning` and searched exactly (IndexFlatIP) in the headline setting's pairs.
+`tuning` and searched exactly (IndexFlatIP) in the headline setting's pairs, by one task per
+collection part whose answers merge exactly as they arrive (the driver never holds the passage
+vectors).
 The grid reads dev queries only; test queries are read once, after the choice, to score `dense`,
 the published setting (`augment.alpha`, `augment.reduce`) and the dev-chosen one with paired
 t-tests against dense. Writes `results/<experiment>/xqg_tuning.json` and `xqg_tuning.png`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +30,20 @@ from xqg_ray.config import RunConfig, load_config
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.errors import ConfigError
 from xqg_ray.evaluate.tables import display_name, headline
+from xqg_ray.index.search import empty_score
+from xqg_ray.index.shard_hits import ShardHits, merge_hits
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.augment import mix_from_sums, passage_sums, sums_name
 from xqg_ray.stages.evaluate import judged_qrels, kt_budget, score_run, summarize
 from xqg_ray.stages.roles import run_roles
+from xqg_ray.stages.runner import tasks_in_order
 from xqg_ray.stages.search import run_table
 from xqg_ray.stages.settings_eval import (
     monolingual_languages,
+    passage_languages,
+    query_answers,
+    ranked_passage_texts,
     resolve_setting,
     setting_measures,
 )
@@ -50,164 +59,248 @@ PUBLISHED, CHOSEN = "xqg (published)", "xqg (dev-chosen)"
 
 
 @dataclass
-class MixingInputs:
-    """Everything the re-mixing reads, once: vectors, their languages, qrels and answers."""
+class MixingPart:
+    """One collection part as the re-mixing reads it: passage vectors, their languages and pids,
+    and each passage's generated-query sum and count over `augment.languages`."""
 
-    pids: np.ndarray  # passage ids in embedding order
-    passage_langs: np.ndarray
-    passage_vectors: np.ndarray
-    query_sums: np.ndarray  # float64 (n, dim): each passage's generated-query vector sum
-    query_counts: np.ndarray  # (n,): how many generated queries that sum holds
-    qrels: pa.Table
-    answers: dict[str, list[str]]
-    texts: dict[str, str]
+    ids: np.ndarray  # int64 passage ids
+    pids: np.ndarray  # object: corpus pids
+    langs: np.ndarray  # passage languages
+    vectors: np.ndarray  # float32 (n, dim)
+    query_sums: np.ndarray  # float64 (n, dim)
+    query_counts: np.ndarray  # int64 (n,)
 
 
-def read_mixing_inputs(cfg: RunConfig) -> MixingInputs:
+def read_mixing_part(cfg: RunConfig, part: str) -> MixingPart:
+    """Part `part` of the passage embeddings, the sums table and the collection (aligned by
+    construction: part N of every per-passage table holds the same passages)."""
     paths = RunPaths(cfg.root)
     enc = cfg.encoder.name
-    passages = PartitionedTable(paths.embeddings(enc, "passages")).read()
-    sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg))).read()
+    passages = PartitionedTable(paths.embeddings(enc, "passages")).read_part(part)
+    sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg))).read_part(part)
     query_sums, query_counts = passage_sums(passages, sums, cfg.augment.languages)
-    collection = PartitionedTable(paths.collection).read(columns=["pid", "lang", "text"])
-    pids = passages["pid"].to_numpy(zero_copy_only=False)
+    collection = PartitionedTable(paths.collection).read_part(part, columns=["pid", "lang"])
     where = pc.index_in(passages["pid"], value_set=collection["pid"]).to_numpy(zero_copy_only=False)
-    corpus_queries = read_table(paths.corpus("queries"))
-    answers = {}
-    if "answers" in corpus_queries.column_names:
-        answers = {
-            qid: values
-            for qid, values in zip(
-                corpus_queries["qid"].to_pylist(),
-                corpus_queries["answers"].to_pylist(),
-                strict=True,
-            )
-            if values
-        }
-    passage_vectors = arrow_to_vectors(passages["vector"])
-    return MixingInputs(
-        pids=pids,
-        passage_langs=collection["lang"].to_numpy(zero_copy_only=False)[where],
-        passage_vectors=passage_vectors,
+    return MixingPart(
+        ids=passages["id"].to_numpy(),
+        pids=np.asarray(passages["pid"].to_pylist(), dtype=object),
+        langs=collection["lang"].to_numpy(zero_copy_only=False)[where],
+        vectors=arrow_to_vectors(passages["vector"]),
         query_sums=query_sums,
         query_counts=query_counts,
-        qrels=read_table(paths.corpus("qrels")),
-        answers=answers,
-        texts=dict(zip(collection["pid"].to_pylist(), collection["text"].to_pylist(), strict=True)),
     )
 
 
-class PairSearch:
-    """Exact search of query vectors against mixed passage vectors, pair by pair of a setting."""
+PartReader = Callable[[RunConfig, str], MixingPart]
+Variant = tuple[str, str, float]  # (split, reduce, alpha)
 
-    def __init__(self, inputs: MixingInputs, pairs, depth: int):
-        self.inputs = inputs
+
+@dataclass
+class PartAnswer:
+    """What one part task returns: each variant's top entries for its split's queries, the
+    histogram of generated queries per passage, and the languages of the part's judged pids."""
+
+    hits: list[ShardHits]
+    count_histogram: np.ndarray
+    judged_langs: pa.Table  # pid, lang
+
+
+def search_part(
+    part: MixingPart,
+    queries: dict[str, pa.Table],
+    variants: list[Variant],
+    pairs: Sequence[tuple[str, Sequence[str]]],
+    depth: int,
+) -> list[ShardHits]:
+    """Each variant's exact top-`depth` in this part: every pair's queries of the variant's
+    split against the pair's passages, mixed with the variant's (reduce, alpha)."""
+    answers = []
+    for split, reduce, alpha in variants:
+        table = queries[split]
+        n = table.num_rows
+        hits = ShardHits(
+            np.full((n, depth), empty_score(True), np.float32),
+            np.full((n, depth), -1, np.int64),
+            np.full((n, depth), -1, np.int64),
+            np.full((n, depth), None, dtype=object),
+        )
+        mixed = mix_from_sums(part.vectors, part.query_sums, part.query_counts, alpha, reduce)
+        for query_lang, langs in pairs:
+            rows = np.flatnonzero(np.asarray(table["lang"].to_pylist(), dtype=object) == query_lang)
+            passages = np.flatnonzero(np.isin(part.langs, list(langs)))
+            if not len(rows) or not len(passages):
+                continue
+            index = faiss.IndexFlatIP(mixed.shape[1])
+            index.add(np.ascontiguousarray(mixed[passages]))
+            vectors = arrow_to_vectors(table["vector"].take(pa.array(rows)))
+            scores, found = index.search(vectors, depth)
+            ids = np.where(found >= 0, part.ids[passages][found], -1)
+            hits.scores[rows], hits.ids[rows], hits.passages[rows] = scores, ids, ids
+            hits.pids[rows] = np.where(found >= 0, part.pids[passages][found], None)
+        answers.append(hits)
+    return answers
+
+
+def tune_part(
+    cfg: RunConfig,
+    part_name: str,
+    queries: dict[str, pa.Table],
+    variants: list[Variant],
+    pairs: Sequence[tuple[str, Sequence[str]]],
+    judged_pids: pa.Array,
+    reader: PartReader,
+) -> PartAnswer:
+    """A task: one part's answers for every variant (see `PartAnswer`)."""
+    part = reader(cfg, part_name)
+    judged = pc.is_in(pa.array(part.pids.tolist(), pa.string()), value_set=judged_pids)
+    return PartAnswer(
+        hits=search_part(part, queries, variants, pairs, cfg.search.depth),
+        count_histogram=np.bincount(part.query_counts),
+        judged_langs=pa.table(
+            {"pid": pa.array(part.pids.tolist(), pa.string()), "lang": part.langs.tolist()}
+        ).filter(judged),
+    )
+
+
+class PartsSearch:
+    """Exact search of re-mixed passages, split into one task per collection part and merged
+    exactly, in part order, as the parts' answers arrive: the driver holds query-sized results,
+    never the passage vectors."""
+
+    def __init__(
+        self, cfg: RunConfig, queries: dict[str, pa.Table], pairs, qrels: pa.Table, reader
+    ):
+        self.cfg = cfg
+        self.queries = queries
         self.pairs = pairs
-        self.depth = depth
+        self.qrels = qrels
+        self.reader = reader
+        self.parts = sorted(PartitionedTable(RunPaths(cfg.root).collection).manifest()["parts"])
+        self.histogram = np.zeros(0, np.int64)
+        self.judged_langs: pa.Table | None = None
 
-    def _pairs(self, queries: pa.Table):
+    def runs(self, variants: list[Variant]) -> list[pa.Table]:
+        """Each variant's run over its split's queries."""
+        judged = self.qrels["pid"].unique()
+        calls = [
+            (tune_part, self.cfg, part, self.queries, variants, self.pairs, judged, self.reader)
+            for part in self.parts
+        ]
+        merged: list[ShardHits] | None = None
+        histogram = np.zeros(0, np.int64)
+        langs = []
+        for answer in tasks_in_order(self.cfg.ray, calls):
+            if merged is None:
+                merged = answer.hits
+            else:
+                pairs = zip(merged, answer.hits, strict=True)
+                merged = [merge_hits([a, b], self.cfg.search.depth, True) for a, b in pairs]
+            size = max(len(histogram), len(answer.count_histogram))
+            histogram = np.pad(histogram, (0, size - len(histogram)))
+            histogram += np.pad(answer.count_histogram, (0, size - len(answer.count_histogram)))
+            langs.append(answer.judged_langs)
+        self.histogram = histogram
+        self.judged_langs = pa.concat_tables(langs)
+        return [
+            run_table(self.queries[split]["qid"].to_pylist(), hits.scores, hits.pids.tolist())
+            for (split, _, _), hits in zip(variants, merged, strict=True)
+        ]
+
+    def judged(self, split: str) -> pa.Table:
+        """The qrels each pair can satisfy: its queries against its passages."""
+        queries = self.queries[split]
+        tables = []
         for query_lang, langs in self.pairs:
             mine = queries.filter(pc.equal(queries["lang"], query_lang))
-            if mine.num_rows:
-                yield mine, np.flatnonzero(np.isin(self.inputs.passage_langs, list(langs)))
-
-    def qrels(self, queries: pa.Table) -> pa.Table:
-        """The qrels each pair can satisfy: its queries against its passages."""
-        return pa.concat_tables(
-            judged_qrels(self.inputs.qrels, mine, pa.table({"pid": self.inputs.pids[rows]}))
-            for mine, rows in self._pairs(queries)
-        )
-
-    def run(self, mixed: np.ndarray, queries: pa.Table) -> pa.Table:
-        runs = []
-        for mine, rows in self._pairs(queries):
-            index = faiss.IndexFlatIP(mixed.shape[1])
-            index.add(np.ascontiguousarray(mixed[rows]))
-            scores, found = index.search(
-                arrow_to_vectors(mine["vector"]), min(self.depth, len(rows))
+            passages = self.judged_langs.filter(
+                pc.is_in(self.judged_langs["lang"], pa.array(list(langs), pa.string()))
             )
-            pids = self.inputs.pids[rows]
-            runs.append(
-                run_table(
-                    mine["qid"].to_pylist(),
-                    scores,
-                    [[pids[r] if r >= 0 else None for r in row] for row in found],
-                )
-            )
-        return pa.concat_tables(runs)
+            tables.append(judged_qrels(self.qrels, mine, passages))
+        return pa.concat_tables(tables)
 
 
-def queries_per_passage(inputs: MixingInputs) -> dict[str, Any]:
-    counts = inputs.query_counts
+def queries_per_passage(histogram: np.ndarray) -> dict[str, Any]:
+    """min / median / max generated queries per passage, from the histogram of counts."""
+    seen = np.flatnonzero(histogram)
+    cumulative = np.cumsum(histogram)
+    total = int(cumulative[-1])
+    lower = int(np.searchsorted(cumulative, (total + 1) // 2))
+    upper = int(np.searchsorted(cumulative, total // 2 + 1))
     return {
-        "min": int(counts.min()),
-        "median": float(np.median(counts)),
-        "max": int(counts.max()),
-        "passages_without_queries": int((counts == 0).sum()),
+        "min": int(seen[0]),
+        "median": (lower + upper) / 2,
+        "max": int(seen[-1]),
+        "passages_without_queries": int(histogram[0]),
     }
 
 
-def tune_xqg(cfg: RunConfig, inputs: MixingInputs | None = None) -> dict[str, Any]:
+def tune_xqg(cfg: RunConfig, reader: PartReader = read_mixing_part) -> dict[str, Any]:
     """The dev grid, the chosen (reduce, alpha), and dense / published / chosen on test
-    (`inputs`: what `read_mixing_inputs` reads, when the caller already has it)."""
+    (`reader`: how a part task reads its part; the default reads the per-language sums)."""
     if cfg.tuning.dev_fraction <= 0:
         raise ConfigError("tuning.dev_fraction is 0: there are no dev queries to tune on")
     if "xqg" not in cfg.augment.strategies:
         raise ConfigError("tuning chooses xqg's alpha and reduce: add xqg to augment.strategies")
-    inputs = inputs if inputs is not None else read_mixing_inputs(cfg)
+    paths = RunPaths(cfg.root)
     roles = run_roles(cfg)
-    vectors = PartitionedTable(RunPaths(cfg.root).embeddings(cfg.encoder.name, "queries")).read(
+    vectors = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read(
         columns=["qid", "lang", "vector"]
     )
     splits = {role: with_role(vectors, roles, [role]) for role in (DEV, TEST)}
     query_langs = sorted(set(vectors["lang"].to_pylist()))
-    passage_langs = sorted(set(inputs.passage_langs.tolist()))
-    setting = resolve_setting(cfg.evaluate.settings[0], query_langs, passage_langs)
+    setting = resolve_setting(cfg.evaluate.settings[0], query_langs, passage_languages(cfg))
     monolingual = monolingual_languages(setting)
-    measures = setting_measures(cfg, inputs.qrels.num_rows > 0, bool(inputs.answers))
+    qrels = read_table(paths.corpus("qrels"))
+    answers = query_answers(cfg)
+    measures = setting_measures(cfg, qrels.num_rows > 0, bool(answers))
     measure = cfg.tuning.measure or measures[0]
     if measure not in measures:
         raise ConfigError(f"tuning.measure {measure!r} is not evaluated here; one of {measures}")
-    search = PairSearch(inputs, setting.pairs, cfg.search.depth)
+    search = PartsSearch(cfg, splits, setting.pairs, qrels, reader)
     needs_texts = any(kt_budget(m) for m in measures)
-
-    def scores(split: str, alpha: float, reduce: str) -> dict[str, dict[str, float]]:
-        queries = splits[split]
-        mixed = mix_from_sums(
-            inputs.passage_vectors, inputs.query_sums, inputs.query_counts, alpha, reduce
-        )
-        qrels = search.qrels(queries)
-        texts = inputs.texts if needs_texts else {}
-        return score_run(search.run(mixed, queries), measures, qrels, inputs.answers, texts)
 
     def langs_of(split: str) -> dict[str, str]:
         table = splits[split]
         return dict(zip(table["qid"].to_pylist(), table["lang"].to_pylist(), strict=True))
 
-    grid = []
+    def scored(variants: list[Variant]) -> list[dict[str, dict[str, float]]]:
+        runs = search.runs(variants)
+        texts = ranked_passage_texts(cfg, dict(enumerate(runs))) if needs_texts else {}
+        return [
+            score_run(run, measures, search.judged(split), answers, texts)
+            for (split, _, _), run in zip(variants, runs, strict=True)
+        ]
+
+    grid_points = [
+        (reduce, alpha)
+        for reduce in cfg.tuning.reduces
+        for alpha in [0.0, *cfg.tuning.alphas]
+        if alpha > 0.0 or reduce == cfg.tuning.reduces[0]  # alpha 0 is dense whatever the reduce
+    ]
+    published = {"alpha": cfg.augment.alpha, "reduce": cfg.augment.reduce}
+    first = scored(
+        [(DEV, reduce, alpha) for reduce, alpha in grid_points]
+        + [(TEST, "sum", 0.0), (TEST, published["reduce"], published["alpha"])]
+    )
     dev_langs = langs_of(DEV)
-    for reduce in cfg.tuning.reduces:
-        for alpha in [0.0, *cfg.tuning.alphas]:
-            if alpha == 0.0 and reduce != cfg.tuning.reduces[0]:
-                continue  # alpha 0 is dense whatever the reduce
-            summary = summarize({"x": scores(DEV, alpha, reduce)}, dev_langs, measures, monolingual)
-            grid.append({"reduce": reduce, "alpha": alpha, **headline(summary["x"])[0]})
+    grid = []
+    for (reduce, alpha), scores in zip(grid_points, first, strict=False):
+        summary = summarize({"x": scores}, dev_langs, measures, monolingual)
+        grid.append({"reduce": reduce, "alpha": alpha, **headline(summary["x"])[0]})
     candidates = [row for row in grid if row["alpha"] > 0]
     best = max(candidates, key=lambda row: (row[measure], -row["alpha"]))
-    published = {"alpha": cfg.augment.alpha, "reduce": cfg.augment.reduce}
     chosen = {"alpha": best["alpha"], "reduce": best["reduce"], "dev_value": best[measure]}
-    test = {
-        "dense": scores(TEST, 0.0, "sum"),
-        PUBLISHED: scores(TEST, published["alpha"], published["reduce"]),
-        CHOSEN: scores(TEST, chosen["alpha"], chosen["reduce"]),
-    }
+    dense_test, published_test = first[-2:]
+    same = (chosen["alpha"], chosen["reduce"]) == (published["alpha"], published["reduce"])
+    chosen_test = published_test if same else scored([(TEST, chosen["reduce"], chosen["alpha"])])[0]
+    test = {"dense": dense_test, PUBLISHED: published_test, CHOSEN: chosen_test}
     return {
         "setting": setting.name,
         "measure": measure,
         "measures": measures,
         "dev_queries": splits[DEV].num_rows,
         "test_queries": splits[TEST].num_rows,
-        "queries_per_passage": queries_per_passage(inputs),
+        "queries_per_passage": queries_per_passage(search.histogram),
         "grid": grid,
         "published": published,
         "chosen": chosen,
