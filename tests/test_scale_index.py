@@ -14,6 +14,7 @@ import ray
 from helpers import tiny_run_config
 
 from xqg_ray.bench.scale_models import scale_config
+from xqg_ray.config import StageResources
 from xqg_ray.index.search import ShardedSearcher
 from xqg_ray.index.shards import build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
@@ -21,6 +22,7 @@ from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.index import build_index, entries_url, index_url, shard_record_url
 from xqg_ray.stages.pipeline import build
+from xqg_ray.stages.search import search_offline
 from xqg_ray.storage import PartitionedTable, read_json, url_to_fs
 
 NOT_MODELS = {"bert": "unused", "mt5": "unused"}
@@ -183,3 +185,46 @@ def test_ray_tasks_on_s3_build_the_same_index(built, ray_with_scale_backends, s3
         b = ShardedSearcher(index_url(cfg, strategy)).search(queries, 5)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+    # evaluation's (shard x query batch) search on a pool of 2 actors for 3 shards, from S3,
+    # ranks as the in-process reference: the same passages in the same order
+    for strategy in ("dense", "xqg", "multivector"):
+        assert offline_run(cfg, strategy, ray_cfg=cfg.ray, actors=2) == reference_run(
+            built, strategy
+        )
+
+
+def reference_run(cfg, strategy: str, k: int = 7) -> dict[str, list[str]]:
+    """qid -> ranked pids from `ShardedSearcher`, every shard in this process."""
+    table = PartitionedTable(RunPaths(cfg.root).embeddings(cfg.encoder.name, "queries")).read()
+    searcher = ShardedSearcher(index_url(cfg, strategy))
+    _, ids = searcher.search(arrow_to_vectors(table["vector"]), k)
+    return {
+        qid: [pid for pid in pids if pid is not None]
+        for qid, pids in zip(table["qid"].to_pylist(), searcher.pids(ids), strict=True)
+    }
+
+
+def offline_run(cfg, strategy: str, ray_cfg=None, actors: int = 1, k: int = 7):
+    """qid -> ranked pids from evaluation's search, in batches of 5 queries."""
+    table = PartitionedTable(RunPaths(cfg.root).embeddings(cfg.encoder.name, "queries")).read()
+    run = search_offline(
+        index_url(cfg, strategy),
+        table.select(["qid", "vector"]),
+        k,
+        ray_cfg or cfg.ray,
+        StageResources(actors=actors, num_cpus=0.5),
+        5,
+    )
+    out: dict[str, list[str]] = {}
+    for row in run.to_pylist():
+        out.setdefault(row["qid"], []).append(row["pid"])
+    return out
+
+
+def test_evaluation_search_by_shard_and_batch_equals_the_in_process_reference(built):
+    for strategy in ("dense", "xqg", "multivector"):
+        want = reference_run(built, strategy)
+        assert offline_run(built, strategy) == want
+        assert len(want) > 5 and all(len(pids) == 7 for pids in want.values())
+    # multivector: each passage once, although entries of one passage fill the top
+    assert all(len(set(pids)) == 7 for pids in reference_run(built, "multivector").values())
