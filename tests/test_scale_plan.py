@@ -93,21 +93,21 @@ def test_streamed_ingest_writes_the_tables_the_whole_corpus_load_writes(
 ):
     from xqg_ray.config import RunConfig
     from xqg_ray.paths import RunPaths
-    from xqg_ray.stages import pipeline
+    from xqg_ray.stages import ingest as ingest_stage
 
     files = _generic_files(tmp_path)
-    monkeypatch.setattr(pipeline, "INGEST_BLOCK", 60)  # several blocks and parts
+    monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 60)  # several blocks and parts
 
     def run(root: str, streamed: bool):
         cfg = RunConfig.model_validate(
             {"root": root, "dataset": {"name": "generic", "languages": languages, **files}}
         )
-        assert pipeline.streams(cfg.dataset)
+        assert ingest_stage.streams(cfg.dataset)
         if not streamed:
-            monkeypatch.setattr(pipeline, "streams", lambda dataset: False)
-        counts = pipeline.ingest(cfg)
+            monkeypatch.setattr(ingest_stage, "streams", lambda dataset: False)
+        counts = ingest_stage.ingest(cfg)
         monkeypatch.undo()
-        monkeypatch.setattr(pipeline, "INGEST_BLOCK", 60)
+        monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 60)
         paths = RunPaths(root)
         return counts, {t: PartitionedTable(paths.corpus(t)).read() for t in counts}
 
@@ -125,13 +125,13 @@ def test_streamed_ingest_finds_duplicate_ids_across_blocks(tmp_path, monkeypatch
 
     from xqg_ray.config import RunConfig
     from xqg_ray.errors import InputError
-    from xqg_ray.stages import pipeline
+    from xqg_ray.stages import ingest as ingest_stage
 
     table = corpus(100)
     pids = table["pid"].to_pylist()
     pids[90] = "p3"
     pq.write_table(table.set_column(0, "pid", pa.array(pids)), tmp_path / "p.parquet")
-    monkeypatch.setattr(pipeline, "INGEST_BLOCK", 30)
+    monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 30)
     cfg = RunConfig.model_validate(
         {
             "root": str(tmp_path / "run"),
@@ -139,4 +139,105 @@ def test_streamed_ingest_finds_duplicate_ids_across_blocks(tmp_path, monkeypatch
         }
     )
     with pytest.raises(InputError, match=r"row 90: duplicate pid 'p3' \(first at row 3\)"):
-        pipeline.ingest(cfg)
+        ingest_stage.ingest(cfg)
+
+
+def _xor_tydi_files(folder, passages: int, duplicate_at: int | None = None) -> dict[str, str]:
+    """A DPR-layout TSV (header in another column order) and JSON Lines queries in 3 languages."""
+    import json
+
+    pids = [str(i) for i in range(passages)]
+    if duplicate_at is not None:
+        pids[duplicate_at] = "7"
+    lines = ["title\tid\ttext"] + [f"T{p}\t{p}\tpassage {p} text" for p in pids]
+    (folder / "psgs.tsv").write_text("\n".join(lines) + "\n")
+    queries = [
+        {"id": f"q{i}", "question": f"question {i}?", "lang": ("ja", "ko", "te")[i % 3],
+         "answers": [f"passage {i}"]}
+        for i in range(12)
+    ]  # fmt: skip
+    (folder / "dev.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    return {"passages": str(folder / "psgs.tsv"), "queries": str(folder / "dev.jsonl")}
+
+
+@pytest.mark.parametrize("languages", [None, ["ja", "te"]])
+def test_xor_tydi_streams_the_tables_the_whole_load_writes(tmp_path, monkeypatch, languages):
+    from xqg_ray.config import RunConfig
+    from xqg_ray.paths import RunPaths
+    from xqg_ray.stages import ingest as ingest_stage
+
+    files = _xor_tydi_files(tmp_path, 130)
+    monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 50)
+
+    def run(root: str, streamed: bool):
+        cfg = RunConfig.model_validate(
+            {"root": root, "dataset": {"name": "xor_tydi", "languages": languages, **files}}
+        )
+        assert ingest_stage.streams(cfg.dataset)
+        with monkeypatch.context() as patch:
+            if not streamed:
+                patch.setattr(ingest_stage, "streams", lambda dataset: False)
+            counts = ingest_stage.ingest(cfg)
+        return counts, {t: PartitionedTable(RunPaths(root).corpus(t)).read() for t in counts}
+
+    streamed_counts, streamed = run(str(tmp_path / "streamed"), True)
+    whole_counts, whole = run(str(tmp_path / "whole"), False)
+    assert streamed_counts == whole_counts
+    assert streamed_counts["passages"] == 130  # every passage stays: they are one collection
+    assert streamed_counts["queries"] == (12 if languages is None else 8)
+    for name in ("passages", "queries", "qrels"):
+        assert streamed[name].equals(whole[name]), name
+    parts = PartitionedTable(RunPaths(str(tmp_path / "streamed")).corpus("passages"))
+    assert len(parts.committed_parts()) == 3  # 130 rows in blocks of 50
+
+
+def test_xor_tydi_stream_finds_duplicates_across_blocks(tmp_path, monkeypatch):
+    from xqg_ray.config import RunConfig
+    from xqg_ray.errors import InputError
+    from xqg_ray.stages import ingest as ingest_stage
+
+    files = _xor_tydi_files(tmp_path, 130, duplicate_at=120)
+    monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 50)
+    cfg = RunConfig.model_validate(
+        {"root": str(tmp_path / "run"), "dataset": {"name": "xor_tydi", **files}}
+    )
+    with pytest.raises(
+        InputError, match=r"psgs.tsv: row 120: duplicate pid '7' \(first at row 7\)"
+    ):
+        ingest_stage.ingest(cfg)
+
+
+def test_streamed_ingest_names_the_qrels_line_of_an_unknown_pid(tmp_path, monkeypatch):
+    from xqg_ray.config import RunConfig
+    from xqg_ray.errors import InputError
+    from xqg_ray.stages import ingest as ingest_stage
+
+    files = _generic_files(tmp_path)
+    with open(files["qrels"], "a") as handle:
+        handle.write("q10 0 nowhere 1\n")
+    monkeypatch.setattr(ingest_stage, "INGEST_BLOCK", 60)
+    cfg = RunConfig.model_validate(
+        {"root": str(tmp_path / "run"), "dataset": {"name": "generic", **files}}
+    )
+    assert ingest_stage.streams(cfg.dataset)
+    with pytest.raises(InputError, match=r"qrels.txt: line 11: field 'pid' refers to 'nowhere'"):
+        ingest_stage.ingest(cfg)
+
+
+def test_unique_ids_tells_a_hash_collision_from_a_duplicate():
+    from xqg_ray.datasets.corpus import UniqueIds
+    from xqg_ray.errors import InputError
+
+    blocks = [pa.array(["a", "b"]), pa.array(["c", "d"])]
+    unique = UniqueIds("pid", "p.parquet")
+    for block in blocks:
+        unique.add(block)
+    unique.check(lambda: blocks)  # distinct hashes: nothing is read again
+    unique.hashes[1][0] = unique.hashes[0][0]  # as if "c" hashed like "a"
+    unique.check(lambda: blocks)  # a collision, not a duplicate
+    blocks[1] = pa.array(["c", "a"])
+    again = UniqueIds("pid", "p.parquet")
+    for block in blocks:
+        again.add(block)
+    with pytest.raises(InputError, match=r"p.parquet: row 3: duplicate pid 'a' \(first at row 0\)"):
+        again.check(lambda: blocks)

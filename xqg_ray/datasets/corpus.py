@@ -9,10 +9,11 @@ whole parallel units.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -99,11 +100,43 @@ def _check_unique(table: pa.Table, field: str, source: str, first_row: int = 0) 
         seen[value] = row
 
 
-def check_unique(column: pa.ChunkedArray, field: str, source: str) -> None:
-    """Ids unique across the blocks of a file (checked once, in Arrow; the row of the first
-    duplicate is found with a Python pass only when there is one)."""
-    if pc.count_distinct(column).as_py() != len(column):
-        _check_unique(pa.table({field: column}), field, source)
+class UniqueIds:
+    """Checks that ids are unique across the blocks of a streamed file while holding 8 bytes per
+    id (a 64-bit hash), not the ids: only when two hashes are equal are the ids read again
+    (`check`) to tell a real duplicate, reported with its row, from a hash collision."""
+
+    def __init__(self, field: str, source: str):
+        self.field = field
+        self.source = source
+        self.hashes: list[np.ndarray] = []
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        from pandas.util import hash_array
+
+        self.hashes.append(hash_array(np.asarray(ids.to_pylist(), dtype=object)))
+
+    def check(self, reread: Callable[[], Iterable[pa.Array | pa.ChunkedArray]]) -> None:
+        """Raise InputError naming the first duplicate's row; `reread` gives the ids again,
+        block by block, and is called only when two hashes are equal."""
+        hashes = np.sort(np.concatenate(self.hashes)) if self.hashes else np.zeros(0, np.uint64)
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(repeated):
+            return
+        from pandas.util import hash_array
+
+        seen: dict[str, int] = {}
+        row = 0
+        for block in reread():
+            ids = np.asarray(block.to_pylist(), dtype=object)
+            for offset in np.flatnonzero(np.isin(hash_array(ids), repeated)):
+                value = ids[offset]
+                if value in seen:
+                    raise InputError(
+                        f"{self.source}: row {row + offset}: duplicate {self.field} {value!r} "
+                        f"(first at row {seen[value]})"
+                    )
+                seen[value] = row + int(offset)
+            row += len(ids)
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:

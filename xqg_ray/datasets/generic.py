@@ -162,11 +162,13 @@ def _optional(record: dict[str, Any], field: str, where: str) -> Any:
 
 
 def read_trec_qrels(
-    url: str, qids: set[str], pids: set[str] | pa.Array | pa.ChunkedArray
+    url: str, qids: set[str], pids: set[str] | pa.Array | pa.ChunkedArray | None
 ) -> pa.Table:
     """TREC qrels (`qid iteration pid relevance`), each id checked against the loaded tables.
 
-    `pids` may be an Arrow array (a corpus-sized id column is then never turned into Python)."""
+    `pids` may be an Arrow array (a corpus-sized id column is then never turned into Python),
+    or None when the caller checks the pids itself as it streams the passages
+    (`unknown_pid_error` then names the line)."""
     rows: dict[str, list[Any]] = {"qid": [], "pid": [], "relevance": []}
     by_set = isinstance(pids, (set, frozenset))
     lines: list[int] = []
@@ -194,7 +196,7 @@ def read_trec_qrels(
         rows["pid"].append(pid)
         lines.append(number)
     table = build_table("qrels", rows)
-    if not by_set and table.num_rows:
+    if pids is not None and not by_set and table.num_rows:
         unknown = pc.invert(pc.is_in(table["pid"], value_set=pids))
         if pc.any(unknown).as_py():
             row = pc.indices_nonzero(unknown)[0].as_py()
@@ -203,3 +205,14 @@ def read_trec_qrels(
                 "which is not in the passages"
             )
     return table
+
+
+def unknown_pid_error(url: str, pid: str) -> InputError:
+    """The error `read_trec_qrels` gives for a pid the passages do not hold, naming its line."""
+    for number, line in iter_text_lines(url):
+        fields = line.split()
+        if len(fields) == 4 and fields[2] == pid:
+            return InputError(
+                f"{url}: line {number}: field 'pid' refers to {pid!r}, which is not in the passages"
+            )
+    return InputError(f"{url}: pid {pid!r} is not in the passages")

@@ -57,23 +57,34 @@ def read_queries(url: str) -> pa.Table:
 
 
 def read_passages(url: str, lang: str) -> pa.Table:
+    table = pa.concat_tables(iter_passage_blocks(url, lang))
+    check_table(table, "passages", url)
+    return table
+
+
+def iter_passage_blocks(url: str, lang: str, block_rows: int = _BATCH_ROWS) -> Iterator[pa.Table]:
+    """The passages in Arrow blocks of at most `block_rows`, each checked (errors count rows
+    from the file's start); ids are unique within a block, across blocks the caller checks."""
     fmt = file_format(url)
     if fmt not in ("tsv", "jsonl"):
         raise InputError(f"{url}: XOR-TyDi passages must be TSV or JSONL, not {fmt}")
     rows = _tsv_passages(url) if fmt == "tsv" else _jsonl_passages(url)
-    batches = []
     columns: dict[str, list[str]] = {"pid": [], "title": [], "text": []}
+    first = 0
     for pid, title, text in rows:
         columns["pid"].append(pid)
         columns["title"].append(title)
         columns["text"].append(text)
-        if len(columns["pid"]) >= _BATCH_ROWS:
-            batches.append(_passage_batch(columns, lang))
+        if len(columns["pid"]) >= block_rows:
+            block = _passage_batch(columns, lang)
+            check_table(block, "passages", url, first_row=first)
+            first += block.num_rows
+            yield block
             columns = {name: [] for name in columns}
-    batches.append(_passage_batch(columns, lang))
-    table = pa.concat_tables(batches)
-    check_table(table, "passages", url)
-    return table
+    if columns["pid"] or first == 0:
+        block = _passage_batch(columns, lang)
+        check_table(block, "passages", url, first_row=first)
+        yield block
 
 
 def _passage_batch(columns: dict[str, list[str]], lang: str) -> pa.Table:

@@ -10,18 +10,15 @@ import logging
 import time
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from xqg_ray.config import RunConfig, StageResources
 from xqg_ray.datasets.splits import DEV, TEST, with_role
-from xqg_ray.errors import ConfigError
 from xqg_ray.paths import RunPaths
 from xqg_ray.stages import plan
 from xqg_ray.stages.augment import AugmentTask, sums_meta, sums_name
 from xqg_ray.stages.encode import EncodeTask
 from xqg_ray.stages.generate import GenerateTask
 from xqg_ray.stages.index import build_index, strategy_params
+from xqg_ray.stages.ingest import ingest
 from xqg_ray.stages.roles import run_roles, split_meta, uses_standin
 from xqg_ray.stages.runner import run_stage
 from xqg_ray.stages.settings_eval import evaluate_settings
@@ -29,7 +26,6 @@ from xqg_ray.storage import (
     PartitionedTable,
     read_table,
     write_json_atomic,
-    write_table,
 )
 
 log = logging.getLogger(__name__)
@@ -39,102 +35,6 @@ GENERATION_STRATEGIES = ("xqg", "expand", "multivector")
 
 def needs_generation(cfg: RunConfig) -> bool:
     return any(s in GENERATION_STRATEGIES for s in cfg.augment.strategies)
-
-
-def ingest(cfg: RunConfig) -> dict[str, int]:
-    """Dataset files -> corpus tables under the run root (skipped when already complete)."""
-    from xqg_ray.datasets import load_corpus
-
-    paths = RunPaths(cfg.root)
-    tables = ("passages", "queries", "qrels")
-    if all(PartitionedTable(paths.corpus(t)).is_complete() for t in tables):
-        return {t: PartitionedTable(paths.corpus(t)).manifest()["rows"] for t in tables}
-    if streams(cfg.dataset):
-        return stream_ingest(cfg)
-    corpus = load_corpus(cfg.dataset)
-    meta = {"dataset": cfg.dataset.model_dump()}
-    counts = {}
-    for name in tables:
-        table = getattr(corpus, name)
-        counts[name] = write_table(paths.corpus(name), table, meta=meta)["rows"]
-    return counts
-
-
-INGEST_BLOCK = 100_000  # passages per block (and corpus part) of a streamed ingest
-
-
-def streams(dataset) -> bool:
-    """Whether ingest can stream the passages: a generic Parquet file with no `max_passages`
-    cut (a cut by passage group needs the whole table)."""
-    from xqg_ray.datasets.readers import file_format
-
-    return (
-        dataset.name == "generic"
-        and bool(dataset.passages)
-        and not dataset.max_passages
-        and file_format(dataset.passages) == "parquet"
-    )
-
-
-def stream_ingest(cfg: RunConfig) -> dict[str, int]:
-    """Generic Parquet passages -> `corpus/passages` block by block: each block is read, checked
-    and written as one part, so the driver holds one block, plus the pid column (Arrow) to check
-    ids across blocks and the qrels against. Queries and qrels are small and read whole. Same
-    tables (rows, order, checks, language cut) as `load_corpus`, in other part sizes."""
-    from xqg_ray.datasets import corpus as corpus_tables
-    from xqg_ray.datasets.generic import iter_parquet_passages, read_records, read_trec_qrels
-
-    paths = RunPaths(cfg.root)
-    dataset = cfg.dataset
-    meta = {"dataset": dataset.model_dump()}
-    languages = dataset.languages
-    wanted = pa.array(languages or [], pa.string())
-    target = PartitionedTable(paths.corpus("passages"))
-    records, pids, kept, present = {}, [], [], set()
-    for number, block in enumerate(iter_parquet_passages(dataset.passages, INGEST_BLOCK)):
-        pids.append(block["pid"].combine_chunks())
-        present.update(pc.unique(block["lang"]).to_pylist())
-        if languages is not None:
-            block = block.filter(pc.is_in(block["lang"], value_set=wanted))
-        kept.append(block["pid"].combine_chunks())
-        records[plan.part_name(number)] = target.write_part(plan.part_name(number), block)
-    all_pids = pa.chunked_array(pids, pa.string())
-    corpus_tables.check_unique(all_pids, "pid", dataset.passages)
-    queries = (
-        read_records(dataset.queries, "queries")
-        if dataset.queries
-        else corpus_tables.empty_table("queries")
-    )
-    if dataset.qrels and not dataset.queries:
-        raise ConfigError(f"{dataset.qrels}: qrels need a queries file")
-    qrels = (
-        read_trec_qrels(dataset.qrels, set(queries["qid"].to_pylist()), all_pids)
-        if dataset.qrels
-        else corpus_tables.empty_table("qrels")
-    )
-    if languages is not None:
-        available = sorted(present | set(queries["lang"].to_pylist()))
-        unknown = [lang for lang in languages if lang not in available]
-        if unknown:
-            raise ConfigError(f"dataset.languages: {unknown} not in the corpus (has {available})")
-        queries = queries.filter(pc.is_in(queries["lang"], value_set=wanted))
-        if qrels.num_rows:  # as `Corpus.restrict`: only judged queries stay
-            kept_pids = pa.chunked_array(kept, pa.string())
-            qrels = qrels.filter(
-                pc.and_(
-                    pc.is_in(qrels["pid"], value_set=kept_pids),
-                    pc.is_in(qrels["qid"], value_set=queries["qid"].combine_chunks()),
-                )
-            )
-            queries = queries.filter(
-                pc.is_in(queries["qid"], value_set=qrels["qid"].combine_chunks())
-            )
-    passages = target.finalize(meta=meta, expected=sorted(records), records=records)
-    return {
-        "passages": passages["rows"],
-        "queries": write_table(paths.corpus("queries"), queries, meta=meta)["rows"],
-        "qrels": write_table(paths.corpus("qrels"), qrels, meta=meta)["rows"],
-    }
 
 
 def evaluation_queries(cfg: RunConfig):
