@@ -4,9 +4,10 @@
 
 For each size: a synthetic corpus (Parquet passages, 200 queries with qrels) -> ingest -> plan ->
 generate (template generator) -> encode (64-d hashing encoder; xqg fused in the encoder actor)
--> index (IVF-PQ, 8 shards built by parallel tasks) -> search and evaluate. The models are the
-scale stand-ins of `scale_models` (they cost almost nothing), so the figures are the pipeline's:
-storage, Ray, parts, shards and the driver.
+-> index (IVF-PQ, 8 shards built by parallel tasks) -> search (nprobe 16, shard x query batch
+calls on 2 search actors) and evaluate. The models are the scale stand-ins of `scale_models`
+(they cost almost nothing), so the figures are the pipeline's: storage, Ray, parts, shards and
+the driver.
 
 Each size runs in a fresh child process (the driver), so its peak RSS is that size's alone; a
 sampler thread there records the largest Ray worker's peak RSS. Reported per size: wall seconds
@@ -124,11 +125,11 @@ def scale_run_config(root: str, corpus: dict, size: int, args: argparse.Namespac
                 "shards": args.shards,
                 "train_sample": min(size, 40 * nlist),
             },
-            "search": {"depth": 100},
+            "search": {"depth": 100, "params": "nprobe=16"},
             "evaluate": {
                 "experiment": "scale",
                 "measures": ["R@10", "RR@10"],
-                "searchers": {"actors": 1, "num_cpus": 1},
+                "searchers": {"actors": 2, "num_cpus": 0.5, "threads": 1},
             },
         }
     )
@@ -232,6 +233,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     start_ray(num_cpus=args.cpus)
     ray_start = time.perf_counter() - start
+    floor = _peak_rss_mb()  # imports and Ray's client: what the driver holds before any data
     with WorkerPeak() as workers:
         start = time.perf_counter()
         report = build(cfg)
@@ -258,6 +260,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "stage_seconds": stages,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "driver_peak_rss_after_build_mb": peak_after_build,
+        "driver_peak_rss_before_data_mb": floor,
         "largest_worker_peak_rss_mb": workers.peak / 2**20,
         "largest_worker": workers.peak_name,
         "bytes_written": sum(stored.values()),
@@ -430,6 +433,7 @@ def report_table(runs: list[dict[str, Any]]) -> str:
         ["wall s", *[run["wall_seconds"] for run in runs]],
         ["time / previous", *[run.get("time_ratio_vs_previous") for run in runs]],
         ["driver peak RSS MB", *[run["driver_peak_rss_mb"] for run in runs]],
+        ["  of which before data MB", *[run["driver_peak_rss_before_data_mb"] for run in runs]],
         ["largest worker MB", *[run["largest_worker_peak_rss_mb"] for run in runs]],
         ["MiB written", *[run["bytes_written"] / 2**20 for run in runs]],
         ["xqg bytes / dense", *[run["xqg_bytes_vs_dense"] for run in runs]],
