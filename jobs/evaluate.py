@@ -22,11 +22,11 @@ import _bootstrap  # noqa: F401  (puts the repo root on sys.path)
 
 from xqg_ray.cli import run_job
 from xqg_ray.config import load_config
+from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.tables import evaluation_markdown
 from xqg_ray.paths import RunPaths
 from xqg_ray.research import study
 from xqg_ray.research.report import write_report
-from xqg_ray.stages.settings_eval import evaluate_settings
 
 
 def main() -> None:

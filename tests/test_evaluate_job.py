@@ -28,13 +28,14 @@ from scipy import stats
 from xqg_ray.config import RayConfig, RunConfig, StageResources
 from xqg_ray.datasets import load_corpus
 from xqg_ray.errors import ConfigError, XqgError
+from xqg_ray.evaluate.driver import evaluate_settings
+from xqg_ray.evaluate.offline_search import search_offline
+from xqg_ray.evaluate.runs import compare_runs
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.local import free_port
 from xqg_ray.stages.pipeline import build
-from xqg_ray.stages.search import compare_runs, search_offline
-from xqg_ray.stages.settings_eval import evaluate_settings
 from xqg_ray.storage import PartitionedTable, read_json
 
 REPO = Path(__file__).resolve().parents[1]

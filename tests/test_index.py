@@ -11,7 +11,7 @@ import pytest
 
 from xqg_ray.errors import InputError, StorageError
 from xqg_ray.index import (
-    ShardedSearcher,
+    InProcessIndex,
     build_shards,
     find_index,
     load_manifest,
@@ -50,7 +50,7 @@ def test_flat_shards_equal_one_exact_index(tmp_path, n_shards, k):
     build_shards(vectors, ids, str(tmp_path), n_shards=n_shards)
     queries = random_vectors(9, seed=2)
 
-    got = ShardedSearcher(str(tmp_path)).search(queries, k)
+    got = InProcessIndex(str(tmp_path)).search(queries, k)
 
     assert_same_answer(got, *exact_search(vectors, queries, k), ids)
     if k > 103:
@@ -61,7 +61,7 @@ def test_l2_metric_merges_smallest_distances(tmp_path):
     vectors, queries = random_vectors(50), random_vectors(4, seed=3)
     ids = np.arange(50, dtype=np.int64) + 1000
     build_shards(vectors, ids, str(tmp_path), n_shards=3, metric="l2")
-    got = ShardedSearcher(str(tmp_path)).search(queries, 20)
+    got = InProcessIndex(str(tmp_path)).search(queries, 20)
     assert_same_answer(got, *exact_search(vectors, queries, 20, metric="l2"), ids)
 
 
@@ -97,7 +97,7 @@ def test_ivf_with_every_list_probed_is_exact(tmp_path):
         search_params="nprobe=8",
     )
     assert manifest["search_params"] == "nprobe=8"
-    searcher = ShardedSearcher(str(tmp_path))
+    searcher = InProcessIndex(str(tmp_path))
     assert all(faiss.extract_index_ivf(shard).nprobe == 8 for shard in searcher.shards)
     assert_same_answer(searcher.search(queries, 10), *exact_search(vectors, queries, 10), ids)
 
@@ -108,7 +108,7 @@ def test_hnsw_round_trip_finds_the_true_neighbours(tmp_path):
     build_shards(
         vectors, ids, str(tmp_path), n_shards=2, factory="HNSW16", search_params="efSearch=200"
     )
-    _, got = ShardedSearcher(str(tmp_path)).search(queries, 10)
+    _, got = InProcessIndex(str(tmp_path)).search(queries, 10)
     _, expected = exact_search(vectors, queries, 10)
     recall = np.mean([len(set(g) & set(ids[e])) / 10 for g, e in zip(got, expected, strict=True)])
     assert recall >= 0.95
@@ -118,7 +118,7 @@ def test_pq_shards_keep_global_ids(tmp_path):
     vectors = random_vectors(300)
     ids = np.arange(300, dtype=np.int64) + 70_000
     build_shards(vectors, ids, str(tmp_path), n_shards=2, factory="PQ4x4")
-    _, got = ShardedSearcher(str(tmp_path)).search(vectors[:10], 5)
+    _, got = InProcessIndex(str(tmp_path)).search(vectors[:10], 5)
     assert set(got.reshape(-1)) <= set(ids)
 
 
@@ -132,7 +132,7 @@ def test_corrupt_shard_is_rejected_by_checksum(tmp_path):
     with pytest.raises(StorageError, match=r"shard-00001\.faiss: checksum mismatch"):
         load_shard(str(tmp_path), 1)
     with pytest.raises(StorageError, match="checksum mismatch"):
-        ShardedSearcher(str(tmp_path))
+        InProcessIndex(str(tmp_path))
 
 
 def test_mmap_load_reads_the_file_in_place(tmp_path):
@@ -179,7 +179,7 @@ def test_multivector_returns_each_passage_once_with_its_best_entry(tmp_path):
     )
     assert manifest["entry_map"]["max_entries_per_passage"] == entries_per_passage.max()
     queries = rng.standard_normal((6, DIM)).astype(np.float32)
-    searcher = ShardedSearcher(str(tmp_path))
+    searcher = InProcessIndex(str(tmp_path))
 
     scores_all = queries @ vectors.T
     for k in (1, 5, 25, 50):  # 50 > 40 passages: padded with -1
@@ -208,7 +208,7 @@ def test_pid_map_names_passages(tmp_path):
         entry_to_passage=passage_of_entry,
         pids=pids,
     )
-    searcher = ShardedSearcher(str(tmp_path))
+    searcher = InProcessIndex(str(tmp_path))
     _, ids = searcher.search(vectors[[4]], 3)
     assert ids[0, 0] == 2
     assert searcher.pids(ids)[0][0] == "en-c"
@@ -228,7 +228,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         load_manifest(str(tmp_path / "nothing"))
     vectors = random_vectors(10)
     build_shards(vectors, np.arange(10), str(tmp_path))
-    searcher = ShardedSearcher(str(tmp_path))
+    searcher = InProcessIndex(str(tmp_path))
     with pytest.raises(InputError, match="dimension 8, the index has 16"):
         searcher.search(np.zeros((2, 8), np.float32), 3)
     with pytest.raises(InputError, match="k must be an integer >= 1"):

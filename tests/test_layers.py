@@ -10,8 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xqg_ray"
 LAYERS = [
     {"errors", "strict", "storage", "config", "paths", "schema", "languages"}
     | {"console", "ray_start"},
-    {"datasets", "models", "index", "evaluate"},
+    {"datasets", "models", "index"},
     {"stages", "serve"},
+    {"evaluate"},
     {"testing"},
     {"research", "bench"},
     {"cli"},
@@ -20,7 +21,7 @@ LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 
 def _unit(module: str) -> str:
-    """`xqg_ray.stages.tuning` -> `stages`; `xqg_ray.cli` -> `cli`."""
+    """`xqg_ray.evaluate.tuning` -> `evaluate`; `xqg_ray.cli` -> `cli`."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
 

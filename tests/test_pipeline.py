@@ -9,12 +9,13 @@ import ray
 from helpers import tiny_run_config
 
 from xqg_ray.errors import ConfigError, InputError
+from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.generate import generate_part
-from xqg_ray.stages.pipeline import build, evaluate
+from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import PartitionedTable, read_json
 
 STRATEGIES = ("dense", "xqg", "expand", "multivector")
@@ -136,7 +137,7 @@ def test_fused_xqg_entries_equal_mixing_the_stored_query_vectors(local_run):
 
 def test_evaluate_writes_runs_and_metrics(local_run):
     cfg, _ = local_run
-    metrics = evaluate(cfg)
+    metrics = evaluate_settings(cfg)
     assert set(metrics["strategies"]) == set(STRATEGIES)
     for summary in metrics["strategies"].values():
         assert set(summary["per_lang"]) == {"de", "en"}
@@ -201,7 +202,7 @@ def test_s3_run_root(local_run, ray_local, s3_bucket):
         _data_root(cfg),
     )
     build(on_s3)
-    metrics = evaluate(on_s3)
+    metrics = evaluate_settings(on_s3)
     assert_same_outputs(cfg, on_s3)
     assert read_json(f"{s3_bucket}/run/results/main/metrics.json")["passages"] == 12
     assert set(metrics["strategies"]) == set(STRATEGIES)

@@ -15,16 +15,16 @@ import pytest
 from helpers import tiny_run_config
 
 from xqg_ray.datasets.splits import DEV, GENERATION, TEST
+from xqg_ray.evaluate import tuning
+from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.tables import headline
 from xqg_ray.paths import RunPaths
 from xqg_ray.research import study
 from xqg_ray.research.cost import measure_indexing_cost, strategy_costs
 from xqg_ray.research.latency import measure_query_cost
 from xqg_ray.research.report import opening, write_report
-from xqg_ray.stages import tuning
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.roles import run_roles
-from xqg_ray.stages.settings_eval import evaluate_settings
 from xqg_ray.storage import PartitionedTable, read_table, write_table
 
 EXPERIMENT = "research"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from helpers import tiny_run_config
 
+from xqg_ray.evaluate import tuning
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
-from xqg_ray.stages import tuning
 from xqg_ray.stages.augment import (
     mix_from_sums,
     row_positions,

@@ -15,14 +15,14 @@ from helpers import tiny_run_config
 
 from xqg_ray.bench.scale_models import scale_config
 from xqg_ray.config import StageResources
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.evaluate.offline_search import search_offline
+from xqg_ray.index.search import InProcessIndex
 from xqg_ray.index.shards import build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.index import build_index, entries_url, index_url, shard_record_url
 from xqg_ray.stages.pipeline import build
-from xqg_ray.stages.search import search_offline
 from xqg_ray.storage import PartitionedTable, read_json, url_to_fs
 
 NOT_MODELS = {"bert": "unused", "mt5": "unused"}
@@ -75,11 +75,11 @@ def test_shards_follow_parts_and_search_exactly(built):
         assert manifest["n_total"] == 24 * 2  # de and en passages
         queries = queries_for(cfg)
         want_scores, want_ids = exact(cfg, strategy, queries, 10)
-        got_scores, got_ids = ShardedSearcher(url).search(queries, 10)
+        got_scores, got_ids = InProcessIndex(url).search(queries, 10)
         np.testing.assert_array_equal(got_ids, want_ids)
         np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
         # each shard's pid map names exactly its own passages; the merged one names them all
-        searcher = ShardedSearcher(url)
+        searcher = InProcessIndex(url)
         assert searcher.pid_map.ids.tolist() == sorted(searcher.pid_map.ids.tolist())
         assert len(searcher.pid_map.ids) == manifest["n_total"]
 
@@ -102,8 +102,8 @@ def test_multivector_maps_entries_by_stride(built):
     )
     assert reference["n_total"] == manifest["n_total"]
     queries = queries_for(cfg)
-    got = ShardedSearcher(url).search(queries, 5)
-    want = ShardedSearcher(url + "-reference").search(queries, 5)
+    got = InProcessIndex(url).search(queries, 5)
+    want = InProcessIndex(url + "-reference").search(queries, 5)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
 
@@ -144,7 +144,7 @@ def test_ivf_pq_trains_one_quantizer_on_a_sample(built, tmp_path):
         centroids.append(shard.quantizer.reconstruct_n(0, shard.nlist))
         assert loaded.ntotal == out["shards"][number]["count"]
     np.testing.assert_array_equal(centroids[0], centroids[1])
-    results = ShardedSearcher(url).search(queries_for(cfg), 5)[1]
+    results = InProcessIndex(url).search(queries_for(cfg), 5)[1]
     assert (results >= 0).any()
 
 
@@ -152,11 +152,11 @@ def test_language_subset_index_from_parts(built):
     cfg = built
     out = build_index(cfg, "dense", ["de"])
     assert out["n_total"] == 24 and out["meta"]["passage_languages"] == ["de"]
-    searcher = ShardedSearcher(index_url(cfg, "dense", ["de"]))
+    searcher = InProcessIndex(index_url(cfg, "dense", ["de"]))
     pids = searcher.pids(searcher.search(queries_for(cfg), 24)[1])
     assert all(p.startswith("de-") for row in pids for p in row if p)
     mv = build_index(cfg, "multivector", ["en"])
-    searcher = ShardedSearcher(index_url(cfg, "multivector", ["en"]))
+    searcher = InProcessIndex(index_url(cfg, "multivector", ["en"]))
     pids = searcher.pids(searcher.search(queries_for(cfg), 5)[1])
     assert mv["entry_stride"] == 10
     assert all(p.startswith("en-") for row in pids for p in row if p)
@@ -181,8 +181,8 @@ def test_ray_tasks_on_s3_build_the_same_index(built, ray_with_scale_backends, s3
         remote = load_manifest(index_url(cfg, strategy))
         assert [s["count"] for s in remote["shards"]] == [s["count"] for s in local["shards"]]
         queries = queries_for(built)
-        a = ShardedSearcher(index_url(built, strategy)).search(queries, 5)
-        b = ShardedSearcher(index_url(cfg, strategy)).search(queries, 5)
+        a = InProcessIndex(index_url(built, strategy)).search(queries, 5)
+        b = InProcessIndex(index_url(cfg, strategy)).search(queries, 5)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
     # evaluation's (shard x query batch) search on a pool of 2 actors for 3 shards, from S3,
@@ -194,9 +194,9 @@ def test_ray_tasks_on_s3_build_the_same_index(built, ray_with_scale_backends, s3
 
 
 def reference_run(cfg, strategy: str, k: int = 7) -> dict[str, list[str]]:
-    """qid -> ranked pids from `ShardedSearcher`, every shard in this process."""
+    """qid -> ranked pids from `InProcessIndex`, every shard in this process."""
     table = PartitionedTable(RunPaths(cfg.root).embeddings(cfg.encoder.name, "queries")).read()
-    searcher = ShardedSearcher(index_url(cfg, strategy))
+    searcher = InProcessIndex(index_url(cfg, strategy))
     _, ids = searcher.search(arrow_to_vectors(table["vector"]), k)
     return {
         qid: [pid for pid in pids if pid is not None]

@@ -7,7 +7,7 @@ import pytest
 import ray
 from ray import serve
 
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.index.search import InProcessIndex
 from xqg_ray.index.shards import build_shards
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
@@ -39,7 +39,7 @@ def test_service_serves_an_index_from_s3_exactly(s3_bucket, ray_after_s3, tmp_pa
     queries = rng.standard_normal((5, 16)).astype(np.float32)
     answer = SearchClient(url).search_vectors(queries, k=120)  # k beyond any one shard (100)
 
-    expected_scores, expected_ids = ShardedSearcher(index_url).search(queries, 120)
+    expected_scores, expected_ids = InProcessIndex(index_url).search(queries, 120)
     exact = vectors @ queries.T
     assert not answer["partial"]
     for row, hits in enumerate(answer["results"]):

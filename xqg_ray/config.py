@@ -152,7 +152,7 @@ class TuningConfig(Strict):
     """Choose xqg's alpha and reduce on a dev split of the evaluated queries, report on test.
 
     With `dev_fraction` > 0 every reported metric is on the test queries only; the dev queries
-    are used for the grid alone (`stages/tuning.py`).
+    are used for the grid alone (`evaluate/tuning.py`).
     """
 
     dev_fraction: float = Field(

@@ -14,7 +14,7 @@ import aiohttp
 import faiss
 import numpy as np
 
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.index.search import InProcessIndex
 
 HOST = "127.0.0.1"  # loopback only, by design: this script never sends traffic elsewhere
 
@@ -32,13 +32,13 @@ def summarize(latencies_ms: list[float], wall_s: float) -> dict:
 
 
 def in_process(index_url: str, queries: np.ndarray, k: int) -> dict:
-    """The same queries, one per call, through ShardedSearcher in this process.
+    """The same queries, one per call, through InProcessIndex in this process.
 
     One FAISS thread, as in each shard replica: OpenMP threads spinning on a busy machine would
     make the baseline slower than the search it measures.
     """
     faiss.omp_set_num_threads(1)
-    searcher = ShardedSearcher(index_url)
+    searcher = InProcessIndex(index_url)
     for query in queries[:20]:  # warm caches and mmapped pages
         searcher.search(query[None, :], k)
     latencies = []

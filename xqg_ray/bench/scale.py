@@ -224,8 +224,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """One size in this (fresh) process: the pipeline with Ray, measured."""
     import ray
 
+    from xqg_ray.evaluate.driver import evaluate_settings as evaluate
     from xqg_ray.ray_start import start_ray
-    from xqg_ray.stages.pipeline import build, evaluate
+    from xqg_ray.stages.pipeline import build
 
     corpus = json.loads(args.corpus)
     cfg = scale_run_config(args.root, corpus, args.size, args)

@@ -5,7 +5,7 @@ number of `/search_vectors` requests (`--concurrency` at a time, capped by `--ma
 After `--kill-after` of them have been sent, it kills a replica holding a random shard (its shard
 group's; a router replica when the router holds the shards), `--kills` times, spaced by
 `--kill-every`. Every answer is classified against the exact
-answer of `ShardedSearcher` in this process:
+answer of `InProcessIndex` in this process:
 
 - succeeded: HTTP 200, not partial, and the same ids and scores as the exact search;
 - partial: HTTP 200 with `partial: true` and the missing shards named (flagged, so allowed);
@@ -34,7 +34,7 @@ from ray import serve
 
 from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.bench.load import HOST
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.index.search import InProcessIndex
 from xqg_ray.index.shards import build_shards
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.config import ServeConfig
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
     index_url = f"{workdir}/index"
     build_shards(vectors, np.arange(args.n, dtype=np.int64), index_url, n_shards=args.shards)
     queries = rng.standard_normal((args.requests, args.dim)).astype(np.float32)
-    exact = ShardedSearcher(index_url).search(queries, args.k)
+    exact = InProcessIndex(index_url).search(queries, args.k)
 
     started_ray = start_ray(num_cpus=os.cpu_count())  # local unless RAY_ADDRESS asks to join
     cfg = ServeConfig(

@@ -1,10 +1,10 @@
 """FAISS shard build / load / search / merge (see `shards` for the on-disk layout)."""
 
 from xqg_ray.index.search import (
+    DistinctPassagePlan,
     EntryMap,
-    PassageSearch,
+    InProcessIndex,
     PidMap,
-    ShardedSearcher,
     StrideEntryMap,
     collapse_to_passages,
     merge_topk,
@@ -20,10 +20,10 @@ from xqg_ray.index.shards import (
 )
 
 __all__ = [
+    "DistinctPassagePlan",
     "EntryMap",
-    "PassageSearch",
+    "InProcessIndex",
     "PidMap",
-    "ShardedSearcher",
     "StrideEntryMap",
     "build_shards",
     "collapse_to_passages",

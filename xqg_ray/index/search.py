@@ -5,8 +5,8 @@ with FAISS's own result heap. A shard with fewer than k vectors pads with id -1,
 ignores, so the merged answer equals one exact index over all vectors.
 
 Multivector indexes hold several entries per passage; a passage scores its best entry. To return k
-distinct passages exactly, `PassageSearch` over-fetches entries and fetches deeper only for the
-queries that need it: if the top-d entries of a query contain k distinct passages, those are its
+distinct passages exactly, `DistinctPassagePlan` over-fetches entries and fetches deeper only for
+the queries that need it: if the top-d entries of a query contain k distinct passages, those are its
 exact top-k passages (any passage outside scores at most the d-th entry, which no kept passage
 is below), and d = k * max_entries_per_passage always holds k passages when the index has them.
 With tied scores at the cut-off, any of the tied passages may be returned.
@@ -162,7 +162,7 @@ def collapse_to_passages(
     return out_scores, out_ids
 
 
-class PassageSearch:
+class DistinctPassagePlan:
     """Exact top-k passages over a multivector index, fetching deeper only where needed.
 
     A driver asks `next_request()` for (rows, depth), searches the entries of those query rows to
@@ -202,7 +202,7 @@ class PassageSearch:
         return self.scores, self.ids
 
 
-class ShardedSearcher:
+class InProcessIndex:
     """All shards of an index in this process: the reference the service must agree with."""
 
     def __init__(self, index_url: str, local_dir: str | None = None, mmap: bool = True):
@@ -234,7 +234,7 @@ class ShardedSearcher:
         queries = check_queries(queries, self.dim)
         if self.entry_map is None:
             return self.search_entries(queries, check_k(k))
-        plan = PassageSearch(
+        plan = DistinctPassagePlan(
             len(queries),
             k,
             self.entry_map.max_entries_per_passage,

@@ -89,13 +89,13 @@ def search_latency(
 
 def measure_query_cost(cfg, hardware: str, query_texts: list[str], vectors: np.ndarray) -> dict:
     """The probe for a built run: encoder latency once, search latency for every strategy."""
-    from xqg_ray.index.search import ShardedSearcher
+    from xqg_ray.index.search import InProcessIndex
     from xqg_ray.models.encoder import load_encoder
     from xqg_ray.stages.index import index_url
 
     n = min(cfg.cost.latency_queries, len(vectors))
     encoder = load_encoder(cfg.encoder)
-    searchers = {s: ShardedSearcher(index_url(cfg, s)) for s in cfg.augment.strategies}
+    searchers = {s: InProcessIndex(index_url(cfg, s)) for s in cfg.augment.strategies}
     search = search_latency(searchers, np.ascontiguousarray(vectors[:n]))
     base = search.get("dense")
     if base:

@@ -20,7 +20,7 @@ Echo = Callable[[str], None]
 
 def tune(cfg: RunConfig) -> dict[str, Any] | None:
     """The dev grid and the published / dev-chosen xqg on test (None without a dev split)."""
-    from xqg_ray.stages import tuning
+    from xqg_ray.evaluate import tuning
 
     if cfg.tuning.dev_fraction <= 0 or "xqg" not in cfg.augment.strategies:
         return None
@@ -72,9 +72,9 @@ def generated_counts(cfg: RunConfig) -> dict[str, Any]:
 
 def measure_costs(cfg: RunConfig, echo: Echo, service: bool = True) -> None:
     """cost.json (indexing), latency.json (in-process) and service.json (HTTP)."""
+    from xqg_ray.evaluate.service_check import check_service
     from xqg_ray.research.cost import measure_indexing_cost
     from xqg_ray.research.latency import measure_query_cost
-    from xqg_ray.stages.service_check import check_service
 
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
     hardware = hardware_label()

@@ -26,7 +26,7 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.index.shards import find_index, load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.serve.config import ServeConfig
-from xqg_ray.serve.deployments import QueryEncoder, ShardSearcher, threads_for
+from xqg_ray.serve.deployments import QueryEncoder, ShardGroupDeployment, threads_for
 from xqg_ray.serve.layout import Layout, check_fits, group_name, plan_layout
 from xqg_ray.serve.router import SearchRouter
 
@@ -95,7 +95,7 @@ def build_app(cfg: ServeConfig) -> Application:
         else {"num_replicas": cfg.replicas_per_shard}
     )
     groups = [
-        ShardSearcher.options(
+        ShardGroupDeployment.options(
             name=group_name(shards),
             ray_actor_options=reserve[group_name(shards)].actor_options(),
             max_ongoing_requests=ongoing,

@@ -52,7 +52,8 @@ def threads_for(num_cpus: float) -> int:
 
 
 class ShardGroup:
-    """Several shards of one index in this process, searched in parallel, merged exactly."""
+    """Several shards of one index in this process, searched in parallel, merged exactly: what a
+    `ShardGroupDeployment` replica (or a router holding a small index itself) searches."""
 
     def __init__(
         self, index_url: str, manifest: dict, shards: list[int], local_dir: str | None, mmap: bool
@@ -112,8 +113,9 @@ class ShardGroup:
 
 
 @serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=SHUTDOWN_S)
-class ShardSearcher:
-    """A shard group, loaded from the node's shard cache (checksummed once, memory-mapped)."""
+class ShardGroupDeployment:
+    """The Serve deployment of one shard group: each replica holds a `ShardGroup`, loaded from
+    the node's shard cache (checksummed once, memory-mapped), and batches concurrent calls."""
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.index.search import (
-    PassageSearch,
+    DistinctPassagePlan,
     check_k,
     check_queries,
     entry_map_of,
@@ -206,7 +206,7 @@ class SearchRouter:
         """(scores, passage ids, missing shards); multivector entries collapsed exactly."""
         if self.entry_map is None:
             return await self._scatter(vectors, k)
-        plan = PassageSearch(
+        plan = DistinctPassagePlan(
             len(vectors),
             k,
             self.entry_map.max_entries_per_passage,

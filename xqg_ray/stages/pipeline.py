@@ -1,6 +1,6 @@
-"""The whole pipeline in order (docs/architecture.md); every step skips what is already complete.
+"""The build in order (docs/architecture.md); every step skips what is already complete.
 
-ingest -> plan -> generate -> encode -> augment -> index -> search -> evaluate
+ingest -> plan -> generate -> encode -> augment -> index (evaluation: `evaluate/driver.py`)
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from xqg_ray.stages.index import build_index, strategy_params
 from xqg_ray.stages.ingest import ingest
 from xqg_ray.stages.roles import run_roles, split_meta, uses_standin
 from xqg_ray.stages.runner import run_stage
-from xqg_ray.stages.settings_eval import evaluate_settings
 from xqg_ray.storage import (
     PartitionedTable,
     read_table,
@@ -238,15 +237,3 @@ def encode_generated(cfg: RunConfig, passage_parts: list[str]) -> dict[str, Any]
             strategy_params(cfg, "xqg"),
         )
     return stats
-
-
-def evaluate(cfg: RunConfig) -> dict[str, Any]:
-    """Search every strategy's index in every configured setting and score the runs
-    (`stages/settings_eval.py`); the headline setting's metrics are at the top level."""
-    return evaluate_settings(cfg)
-
-
-def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    report = build(cfg)
-    report["metrics"] = evaluate(cfg)
-    return report

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from xqg_ray.config import RunConfig
-from xqg_ray.index.search import ShardedSearcher
+from xqg_ray.evaluate.runs import max_score_gap, run_differences, run_table
+from xqg_ray.evaluate.service_search import hits_table
+from xqg_ray.index.search import InProcessIndex
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.serve.local import free_port
@@ -24,8 +26,9 @@ def check_service(
     cfg: RunConfig, strategy: str, n_queries: int = 8, k: int = 10, latency_requests: int = 0
 ) -> dict[str, Any]:
     """Serve `strategy`'s index on loopback, send `n_queries` evaluation queries in one request,
-    and count the queries ranked exactly as offline (same pids, scores within 1e-3). With
-    `latency_requests`, then time that many sequential one-query requests of each route."""
+    and count the queries ranked exactly as offline (`runs.run_differences`: same pids, scores
+    within 1e-3). With `latency_requests`, then time that many sequential one-query requests of
+    each route."""
     from ray import serve
 
     from xqg_ray.serve.client import SearchClient
@@ -36,9 +39,10 @@ def check_service(
     index_url = paths.index(cfg.encoder.name, strategy)
     texts = PartitionedTable(paths.queryset).read_part("00000").slice(0, n_queries)
     encoded = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read_part("00000")
-    searcher = ShardedSearcher(index_url)
+    qids = texts["qid"].to_pylist()  # part 0 of the queries and their vectors hold the same rows
+    searcher = InProcessIndex(index_url)
     scores, ids = searcher.search(arrow_to_vectors(encoded["vector"])[:n_queries], k)
-    expected_pids = searcher.pids(ids)
+    offline = run_table(qids, scores, searcher.pids(ids))
     serve_cfg = ServeConfig(
         index=index_url,
         corpus=paths.corpus("passages"),
@@ -52,20 +56,14 @@ def check_service(
         latency = request_latency(client, texts["text"].to_pylist(), encoded, latency_requests, k)
     finally:
         serve.shutdown()
-    agree = 0
-    worst = 0.0
-    for hits, pids, row_scores in zip(answer["results"], expected_pids, scores, strict=True):
-        gaps = [abs(h["score"] - float(s)) for h, s in zip(hits, row_scores, strict=False)]
-        worst = max([worst, *gaps])
-        filled = [pid for pid in pids if pid is not None]  # k beyond the index leaves None
-        agree += int([h["pid"] for h in hits] == filled and max(gaps, default=0.0) < 1e-3)
+    served = hits_table(qids, answer["results"])
     return {
         "strategy": strategy,
         "url": url,
         "queries": len(texts),
-        "agree": agree,
+        "agree": len(texts) - len(run_differences(offline, served)),
         "partial": answer["partial"],
-        "max_score_gap": worst,
+        "max_score_gap": max_score_gap(offline, served),
         "latency": latency,
     }
 

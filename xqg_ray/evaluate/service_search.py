@@ -17,9 +17,9 @@ import pyarrow as pa
 
 from xqg_ray.config import RunConfig
 from xqg_ray.errors import ConfigError, XqgError
+from xqg_ray.evaluate.runs import RUN_SCHEMA, sorted_run
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.serve.local import free_port
-from xqg_ray.stages.search import RUN_SCHEMA, sorted_run
 
 APP_NAME = "xqg-evaluate"
 TOKEN_ENV = "XQG_RAY_SERVE_TOKEN"  # the bearer token, as `xqg-ray search` reads it
@@ -59,7 +59,7 @@ def template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
-class ServiceSearch:
+class ServiceQueryRunner:
     """Runs through the service for each (strategy, passage languages) index; use as a context
     manager so a service started here is always shut down."""
 
@@ -81,7 +81,7 @@ class ServiceSearch:
                 "or leave it empty to start a service per index"
             )
 
-    def __enter__(self) -> ServiceSearch:
+    def __enter__(self) -> ServiceQueryRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,6 @@
 """Choose xqg's alpha and reduce on dev queries; score the published and chosen ones on test.
 
-    python -m xqg_ray.stages.tuning --config jobs/configs/xquad.yaml
+    python -m xqg_ray.evaluate.tuning --config jobs/configs/xquad.yaml
 
 No re-encoding: the stored passage and query embeddings and each passage's generated-query sum
 and count (per language, written by the encoder actor) are re-mixed for every (reduce, alpha) of
@@ -29,24 +29,18 @@ import pyarrow.compute as pc
 from xqg_ray.config import RunConfig, load_config
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.errors import ConfigError
+from xqg_ray.evaluate.inputs import passage_languages, query_answers, ranked_passage_texts
+from xqg_ray.evaluate.runs import run_table
+from xqg_ray.evaluate.scoring import judged_qrels, kt_budget, score_run, summarize
+from xqg_ray.evaluate.settings import monolingual_languages, resolve_setting, setting_measures
 from xqg_ray.evaluate.tables import display_name, headline
 from xqg_ray.index.search import empty_score
 from xqg_ray.index.shard_hits import ShardHits, merge_hits
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.augment import mix_from_sums, passage_sums, sums_name
-from xqg_ray.stages.evaluate import judged_qrels, kt_budget, score_run, summarize
 from xqg_ray.stages.roles import run_roles
 from xqg_ray.stages.runner import tasks_in_order
-from xqg_ray.stages.search import run_table
-from xqg_ray.stages.settings_eval import (
-    monolingual_languages,
-    passage_languages,
-    query_answers,
-    ranked_passage_texts,
-    resolve_setting,
-    setting_measures,
-)
 from xqg_ray.storage import (
     PartitionedTable,
     join,

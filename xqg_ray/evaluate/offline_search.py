@@ -1,9 +1,9 @@
-"""Batch search: evaluation queries against an index, as a ranked run table.
+"""Offline search: evaluation queries against an index, as a ranked run table.
 
-The search is split into (shard x query batch) calls merged exactly per batch: `ShardWorker` holds
-some shards and answers calls, `QueryBatchSearch` plans one batch's calls and merges their
-answers. `search_offline` runs them on a pool of Ray actors, or in this process when Ray is
-disabled; both give the same run.
+The search is split into (shard x query batch) calls merged exactly per batch:
+`EvaluationShardActor` holds some shards and answers calls, `QueryBatchPlan` plans one batch's
+calls and merges their answers. `search_offline` runs them on a pool of Ray actors, or in this
+process when Ray is disabled; both give the same run.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from xqg_ray.config import RayConfig, StageResources
-from xqg_ray.errors import XqgError
+from xqg_ray.evaluate.runs import RUN_SCHEMA, run_table, sorted_run
 from xqg_ray.index.search import (
-    PassageSearch,
+    DistinctPassagePlan,
     is_multivector,
     keeps_max,
     max_entries_per_passage,
@@ -24,36 +24,9 @@ from xqg_ray.index.search import (
 from xqg_ray.index.shard_hits import ShardHits, ShardWithPids, merge_hits
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.schema import arrow_to_vectors
-from xqg_ray.storage import write_bytes_atomic
-
-RUN_SCHEMA = pa.schema(
-    [("qid", pa.string()), ("pid", pa.string()), ("score", pa.float32()), ("rank", pa.int32())]
-)
-SCORE_TOLERANCE = 1e-3  # offline and service encode queries in different batches: float noise
 
 
-def run_table(qids: list[str], scores: np.ndarray, pids: list[list[str | None]]) -> pa.Table:
-    """Flatten (n, k) results to run rows; slots a short index could not fill (-1) are dropped."""
-    out_qid, out_pid, out_score, out_rank = [], [], [], []
-    for qid, row_scores, row_pids in zip(qids, scores, pids, strict=True):
-        rank = 0
-        for score, pid in zip(row_scores, row_pids, strict=True):
-            if pid is None:
-                continue
-            rank += 1
-            out_qid.append(qid)
-            out_pid.append(pid)
-            out_score.append(float(score))
-            out_rank.append(rank)
-    return pa.table([out_qid, out_pid, out_score, out_rank], schema=RUN_SCHEMA)
-
-
-def sorted_run(run: pa.Table) -> pa.Table:
-    """One canonical row order (qid, rank), whatever order the batches finished in."""
-    return run.sort_by([("qid", "ascending"), ("rank", "ascending")])
-
-
-class ShardWorker:
+class EvaluationShardActor:
     """Holds some shards of one index, each loaded on its first call (from the node's checksummed
     cache, memory-mapped where the index type allows), and answers (shard, query batch) calls:
     a Ray actor in evaluation, a plain object without Ray."""
@@ -75,21 +48,21 @@ class ShardWorker:
         return self.shards[shard].search(vectors, depth)
 
 
-class QueryBatchSearch:
+class QueryBatchPlan:
     """One batch of queries against every shard of an index: which (rows, depth) to ask every
     shard for next, and the exact merge of their answers into the batch's run rows.
 
     One request for one-entry-per-passage indexes; multivector ones deepen where a row has fewer
-    than `depth` distinct passages (`PassageSearch`)."""
+    than `depth` distinct passages (`DistinctPassagePlan`)."""
 
     def __init__(self, qids: list[str], vectors: np.ndarray, depth: int, manifest: dict):
         self.qids = qids
         self.vectors = vectors
         self.depth = depth
         self.keep_max = keeps_max(manifest["metric"])
-        self.plan: PassageSearch | None = None
+        self.plan: DistinctPassagePlan | None = None
         if is_multivector(manifest):
-            self.plan = PassageSearch(
+            self.plan = DistinctPassagePlan(
                 len(qids),
                 depth,
                 max_entries_per_passage(manifest),
@@ -139,16 +112,14 @@ def search_offline(
     The search is split into (shard x query batch) calls, merged exactly per batch. On Ray, a
     pool of `resources.actors` search actors holds the shards, shard s on actor s mod pool size,
     so each shard is loaded once and the pool holds the index once, whatever its size; without
-    Ray one `ShardWorker` in this process answers them all. `search_params` (a
+    Ray one `EvaluationShardActor` in this process answers them all. `search_params` (a
     faiss.ParameterSpace string such as `nprobe=16`) overrides the index's own."""
     if queries.num_rows == 0:
         return RUN_SCHEMA.empty_table()
     manifest = load_manifest(index_url)
     n_shards = len(manifest["shards"])
     batches = [
-        QueryBatchSearch(
-            batch["qid"].to_pylist(), arrow_to_vectors(batch["vector"]), depth, manifest
-        )
+        QueryBatchPlan(batch["qid"].to_pylist(), arrow_to_vectors(batch["vector"]), depth, manifest)
         for batch in (
             queries.slice(start, batch_size) for start in range(0, queries.num_rows, batch_size)
         )
@@ -157,7 +128,7 @@ def search_offline(
     if ray_cfg.enabled:
         _search_on_ray(index_url, manifest, batches, search_params, threads, ray_cfg, resources)
     else:
-        worker = ShardWorker(index_url, manifest, search_params, threads)
+        worker = EvaluationShardActor(index_url, manifest, search_params, threads)
         for batch in batches:
             while (request := batch.next_request()) is not None:
                 rows, request_depth = request
@@ -170,7 +141,7 @@ def search_offline(
 def _search_on_ray(
     index_url: str,
     manifest: dict,
-    batches: list[QueryBatchSearch],
+    batches: list[QueryBatchPlan],
     search_params: str,
     threads: int,
     ray_cfg: RayConfig,
@@ -188,7 +159,7 @@ def _search_on_ray(
     options: dict[str, Any] = {"num_cpus": resources.num_cpus}
     if resources.num_gpus:
         options["num_gpus"] = resources.num_gpus
-    actor = ray.remote(ShardWorker).options(**options)
+    actor = ray.remote(EvaluationShardActor).options(**options)
     workers = [
         actor.remote(index_url, manifest, search_params, threads)
         for _ in range(min(resources.actors, n_shards))
@@ -220,60 +191,3 @@ def _search_on_ray(
     finally:
         for worker in workers:
             ray.kill(worker)
-
-
-def compare_runs(expected: pa.Table, actual: pa.Table, what: str) -> int:
-    """Raise unless both runs rank the same pids for every query with scores within 1e-3;
-    the error names the first query that differs. Returns the number of queries compared."""
-    want, got = _by_query(expected), _by_query(actual)
-    for qid in sorted(want.keys() | got.keys()):
-        if qid not in got or qid not in want:
-            side = "second" if qid not in got else "first"
-            raise XqgError(f"{what}: query {qid!r} has no results in the {side} run")
-        (want_pids, want_scores), (got_pids, got_scores) = want[qid], got[qid]
-        if want_pids != got_pids:
-            rank = next(
-                (i for i, (a, b) in enumerate(zip(want_pids, got_pids, strict=False)) if a != b),
-                min(len(want_pids), len(got_pids)),
-            )
-            raise XqgError(
-                f"{what}: query {qid!r} ranks differently from rank {rank + 1}: "
-                f"{want_pids[rank : rank + 3]} vs {got_pids[rank : rank + 3]} "
-                f"({len(want_pids)} vs {len(got_pids)} passages)"
-            )
-        gaps = np.abs(np.asarray(want_scores) - np.asarray(got_scores))
-        if len(gaps) and gaps.max() > SCORE_TOLERANCE:
-            rank = int(gaps.argmax())
-            raise XqgError(
-                f"{what}: query {qid!r}: the score at rank {rank + 1} differs by "
-                f"{gaps[rank]:.2e} ({want_scores[rank]:.6f} vs {got_scores[rank]:.6f})"
-            )
-    return len(want)
-
-
-def _by_query(run: pa.Table) -> dict[str, tuple[list[str], list[float]]]:
-    out: dict[str, tuple[list[str], list[float]]] = {}
-    for row in sorted_run(run).to_pylist():
-        pids, scores = out.setdefault(row["qid"], ([], []))
-        pids.append(row["pid"])
-        scores.append(row["score"])
-    return out
-
-
-def trec_run_text(run: pa.Table, tag: str) -> str:
-    """The run in TREC format (`qid Q0 pid rank score tag`), readable by trec_eval and Pyserini."""
-    lines = [
-        f"{qid} Q0 {pid} {rank} {score:.6f} {tag}"
-        for qid, pid, rank, score in zip(
-            run["qid"].to_pylist(),
-            run["pid"].to_pylist(),
-            run["rank"].to_pylist(),
-            run["score"].to_pylist(),
-            strict=True,
-        )
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_trec_run(url: str, run: pa.Table, tag: str) -> None:
-    write_bytes_atomic(url, trec_run_text(run, tag).encode("utf-8"))

@@ -1,0 +1,146 @@
+"""Run tables: ranked (qid, pid, score, rank) rows, their comparison, and TREC files.
+
+Every way of searching for the evaluation (offline, through the service, re-mixed in tuning) ends
+in the same run table; `compare_runs` and `run_differences` hold the one rule for when two runs
+rank the same (same pids per query, scores within `SCORE_TOLERANCE`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from xqg_ray.errors import XqgError
+from xqg_ray.storage import join, write_bytes_atomic
+
+RUN_SCHEMA = pa.schema(
+    [("qid", pa.string()), ("pid", pa.string()), ("score", pa.float32()), ("rank", pa.int32())]
+)
+SCORE_TOLERANCE = 1e-3  # offline and service encode queries in different batches: float noise
+
+Ranking = tuple[list[str], list[float]]  # one query's pids and scores, best first
+
+
+def run_table(qids: list[str], scores: np.ndarray, pids: list[list[str | None]]) -> pa.Table:
+    """Flatten (n, k) results to run rows; slots a short index could not fill (-1) are dropped."""
+    out_qid, out_pid, out_score, out_rank = [], [], [], []
+    for qid, row_scores, row_pids in zip(qids, scores, pids, strict=True):
+        rank = 0
+        for score, pid in zip(row_scores, row_pids, strict=True):
+            if pid is None:
+                continue
+            rank += 1
+            out_qid.append(qid)
+            out_pid.append(pid)
+            out_score.append(float(score))
+            out_rank.append(rank)
+    return pa.table([out_qid, out_pid, out_score, out_rank], schema=RUN_SCHEMA)
+
+
+def sorted_run(run: pa.Table) -> pa.Table:
+    """One canonical row order (qid, rank), whatever order the batches finished in."""
+    return run.sort_by([("qid", "ascending"), ("rank", "ascending")])
+
+
+def compare_runs(expected: pa.Table, actual: pa.Table, what: str) -> int:
+    """Raise unless both runs rank the same pids for every query with scores within 1e-3;
+    the error names the first query that differs. Returns the number of queries compared."""
+    differences = run_differences(expected, actual)
+    if differences:
+        raise XqgError(f"{what}: {differences[min(differences)]}")
+    return len(_by_query(expected))
+
+
+def run_differences(expected: pa.Table, actual: pa.Table) -> dict[str, str]:
+    """qid -> how the two runs first differ for it, for every query they do not rank the same
+    (a query with no rows in either run is not compared)."""
+    want, got = _by_query(expected), _by_query(actual)
+    out = {}
+    for qid in want.keys() | got.keys():
+        if qid not in got or qid not in want:
+            side = "second" if qid not in got else "first"
+            out[qid] = f"query {qid!r} has no results in the {side} run"
+        elif (difference := _ranking_difference(qid, want[qid], got[qid])) is not None:
+            out[qid] = difference
+    return out
+
+
+def _ranking_difference(qid: str, want: Ranking, got: Ranking) -> str | None:
+    (want_pids, want_scores), (got_pids, got_scores) = want, got
+    if want_pids != got_pids:
+        rank = next(
+            (i for i, (a, b) in enumerate(zip(want_pids, got_pids, strict=False)) if a != b),
+            min(len(want_pids), len(got_pids)),
+        )
+        return (
+            f"query {qid!r} ranks differently from rank {rank + 1}: "
+            f"{want_pids[rank : rank + 3]} vs {got_pids[rank : rank + 3]} "
+            f"({len(want_pids)} vs {len(got_pids)} passages)"
+        )
+    gaps = np.abs(np.asarray(want_scores) - np.asarray(got_scores))
+    if len(gaps) and gaps.max() > SCORE_TOLERANCE:
+        rank = int(gaps.argmax())
+        return (
+            f"query {qid!r}: the score at rank {rank + 1} differs by "
+            f"{gaps[rank]:.2e} ({want_scores[rank]:.6f} vs {got_scores[rank]:.6f})"
+        )
+    return None
+
+
+def max_score_gap(expected: pa.Table, actual: pa.Table) -> float:
+    """The largest score difference at the same (query, rank) of two runs (0 when none)."""
+    want, got = _by_query(expected), _by_query(actual)
+    gaps = [
+        abs(a - b)
+        for qid in want.keys() & got.keys()
+        for a, b in zip(want[qid][1], got[qid][1], strict=False)
+    ]
+    return max(gaps, default=0.0)
+
+
+def _by_query(run: pa.Table) -> dict[str, Ranking]:
+    out: dict[str, Ranking] = {}
+    for row in sorted_run(run).to_pylist():
+        pids, scores = out.setdefault(row["qid"], ([], []))
+        pids.append(row["pid"])
+        scores.append(row["score"])
+    return out
+
+
+def trec_run_text(run: pa.Table, tag: str) -> str:
+    """The run in TREC format (`qid Q0 pid rank score tag`), readable by trec_eval and Pyserini."""
+    lines = [
+        f"{qid} Q0 {pid} {rank} {score:.6f} {tag}"
+        for qid, pid, rank, score in zip(
+            run["qid"].to_pylist(),
+            run["pid"].to_pylist(),
+            run["rank"].to_pylist(),
+            run["score"].to_pylist(),
+            strict=True,
+        )
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_trec_run(url: str, run: pa.Table, tag: str) -> None:
+    write_bytes_atomic(url, trec_run_text(run, tag).encode("utf-8"))
+
+
+def write_runs(out: str, runs: dict[str, pa.Table]) -> None:
+    """Each strategy's run as `<out>/<strategy>.run`."""
+    for strategy, run in runs.items():
+        write_trec_run(join(out, f"{strategy}.run"), run, f"xqg-ray-{strategy}")
+
+
+def trec_qrels_text(qrels: pa.Table) -> str:
+    """`qid 0 pid relevance` lines, the format trec_eval reads beside the run files."""
+    lines = [
+        f"{qid} 0 {pid} {rel}"
+        for qid, pid, rel in zip(
+            qrels["qid"].to_pylist(),
+            qrels["pid"].to_pylist(),
+            qrels["relevance"].to_pylist(),
+            strict=True,
+        )
+    ]
+    return "\n".join(lines) + ("\n" if lines else "")
