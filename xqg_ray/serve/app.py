@@ -17,7 +17,6 @@ and encodes queries itself for a CPU encoder), one deployment per shard group fo
 from __future__ import annotations
 
 import ray
-from pydantic import ValidationError
 from ray.serve import Application
 
 from xqg_ray import storage
@@ -29,6 +28,7 @@ from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.deployments import QueryEncoder, ShardGroupDeployment, threads_for
 from xqg_ray.serve.layout import Layout, check_fits, group_name, plan_layout
 from xqg_ray.serve.router import SearchRouter
+from xqg_ray.strict import validate
 
 
 def encoder_from_manifest(manifest: dict) -> EncoderConfig | None:
@@ -36,10 +36,7 @@ def encoder_from_manifest(manifest: dict) -> EncoderConfig | None:
     recorded = manifest.get("meta", {}).get("encoder")
     if not recorded:
         return None
-    try:
-        return EncoderConfig.model_validate(recorded)
-    except ValidationError as exc:
-        raise ConfigError(f"index manifest: recorded encoder is not a valid config: {exc}") from exc
+    return validate(EncoderConfig, recorded, "index manifest: recorded encoder")
 
 
 def resolve_corpus(cfg: ServeConfig, index_url: str) -> str:
@@ -138,8 +135,4 @@ def build_app(cfg: ServeConfig) -> Application:
 
 def app_builder(args: dict) -> Application:
     """Entry point for `serve run` / RayService: `args` are ServeConfig fields."""
-    try:
-        cfg = ServeConfig.model_validate(args)
-    except ValidationError as exc:
-        raise ConfigError(f"serve config: {exc}") from exc
-    return build_app(cfg)
+    return build_app(validate(ServeConfig, args, "serve config"))
