@@ -1,4 +1,5 @@
-"""Throughput builds: where the stages run (a layout), the run config, and the stats they leave.
+"""Throughput builds: where the stages run (a layout), the run config, the Ray they start on, and
+the stats they leave.
 
 `pipeline_throughput` and the sweeps build the synthetic corpus with the same config, so a sweep
 point and a benchmark run with the same values are the same build.
@@ -7,11 +8,13 @@ point and a benchmark run with the same values are the same build.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from xqg_ray.config import STRATEGIES, RunConfig
 from xqg_ray.paths import RunPaths
+from xqg_ray.ray_start import start_ray
 from xqg_ray.storage import exists, read_json
 
 
@@ -135,3 +138,17 @@ def stage_units(stage: str, stats: dict[str, Any], passages: int) -> tuple[str, 
     if stage == "encode-queries":
         return "queries", int(stats["rows_in"])
     return "passages", passages
+
+
+def start_local_ray(cpus: int) -> dict[str, float]:
+    """A fresh local Ray (never a cluster another process started here), and a first trivial
+    Dataset: one-off costs, kept out of the stage figures."""
+    import ray
+
+    start = time.perf_counter()
+    start_ray(num_cpus=cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    init = time.perf_counter() - start
+    start = time.perf_counter()
+    ray.data.range(cpus, override_num_blocks=cpus).map_batches(lambda batch: batch).take_all()
+    return {"init": init, "first_dataset": time.perf_counter() - start}

@@ -34,7 +34,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from xqg_ray import ray_start
 from xqg_ray.bench.builds import (
     BuildSettings,
     Layout,
@@ -44,6 +43,7 @@ from xqg_ray.bench.builds import (
     stage_actors,
     stage_stats,
     stage_units,
+    start_local_ray,
 )
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.bench.synthetic import synthetic_corpus
@@ -68,20 +68,6 @@ TARGET_MAX_OVERHEAD = 0.20  # issue #3 item 7: Ray overhead at most 20% on 2 CPU
 # --- running and reading the stats --------------------------------------------------------------
 
 
-def start_ray(cpus: int) -> dict[str, float]:
-    """A fresh local Ray (never a cluster another process started here), and a first trivial
-    Dataset: one-off costs, kept out of the stage figures."""
-    import ray
-
-    start = time.perf_counter()
-    ray_start.start_ray(num_cpus=cpus)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    init = time.perf_counter() - start
-    start = time.perf_counter()
-    ray.data.range(cpus, override_num_blocks=cpus).map_batches(lambda batch: batch).take_all()
-    return {"init": init, "first_dataset": time.perf_counter() - start}
-
-
 def run_layout(
     lay: Layout, workdir: Path, corpus: dict[str, str], models: dict, settings: BuildSettings
 ) -> dict[str, Any]:
@@ -89,7 +75,7 @@ def run_layout(
     root = str(workdir / lay.name)
     cfg = bench_config(root, corpus, models, settings, lay)
     load_before = list(os.getloadavg())
-    startup = start_ray(settings.cpus) if lay.ray else None
+    startup = start_local_ray(settings.cpus) if lay.ray else None
     try:
         start = time.perf_counter()
         build(cfg)

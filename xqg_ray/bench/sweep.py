@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from xqg_ray.bench import pipeline_throughput as pt
 from xqg_ray.bench.builds import (
     BuildSettings,
     Layout,
@@ -44,6 +43,7 @@ from xqg_ray.bench.builds import (
     ray_layout,
     stage_stats,
     stage_units,
+    start_local_ray,
 )
 from xqg_ray.bench.harness import machine_info
 from xqg_ray.bench.load import HOST, healthz_floor, http_load, in_process
@@ -530,7 +530,7 @@ def run_sweeps(
                 if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: the job's cluster
                     start_ray()
                 else:
-                    pt.start_ray(sweep.cpus)
+                    start_local_ray(sweep.cpus)
                 started_ray = True
         builds = None
         for name in chosen:
