@@ -28,7 +28,6 @@ from xqg_ray.storage import (
 )
 
 log = logging.getLogger(__name__)
-STEPS = ("ingest", "plan", "generate", "encode", "augment", "index", "evaluate")
 GENERATION_STRATEGIES = ("xqg", "expand", "multivector")
 
 
