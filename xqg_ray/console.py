@@ -14,6 +14,7 @@ stays in Ray's session folder.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ def configure(log_file: Path | None, verbose: bool = False) -> None:
     if verbose or log_file is None:
         _output = Output(verbose=verbose)
         return
+    if not interactive():  # Hugging Face's download/load/save bars: one line per stage instead
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     _output = Output(log_file=log_file, stream=log_file.open("a", encoding="utf-8", buffering=1))
     logging.captureWarnings(True)  # `warnings.warn` records go to the `py.warnings` logger
