@@ -266,8 +266,8 @@ def test_shard_cache_checks_each_file_once_and_refuses_a_corrupt_one(tmp_path, m
     )
     cache = str(tmp_path / "cache")
     hashed = []
-    real = shard_cache._sha256_file
-    monkeypatch.setattr(shard_cache, "_sha256_file", lambda path: hashed.append(path) or real(path))
+    real = shard_cache.sha256_of
+    monkeypatch.setattr(shard_cache, "sha256_of", lambda path: hashed.append(path) or real(path))
     for _ in range(3):  # three replicas on one node
         index = shard_cache.load_shard_cached(url, manifest, 1, cache)
         assert index.ntotal == 20

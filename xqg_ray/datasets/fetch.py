@@ -23,6 +23,7 @@ from xqg_ray.config import default_data_dir
 from xqg_ray.datasets import xquad, xquad_r
 from xqg_ray.datasets.squad import discover
 from xqg_ray.errors import ConfigError, StorageError
+from xqg_ray.storage import sha256_of
 
 CACHE_ENV = "XQG_RAY_CACHE"
 BASE_URL_ENV = "XQG_RAY_DATA_BASE_URL"
@@ -112,18 +113,10 @@ def download_dataset(name: str, cache_dir: str | None = None, base_url: str | No
     target.mkdir(parents=True, exist_ok=True)
     for filename, digest in spec.sha256.items():
         path = target / filename
-        if path.is_file() and _sha256(path) == digest:
+        if path.is_file() and sha256_of(str(path)) == digest:
             continue
         _download(f"{source}/{filename}", path, digest)
     return str(target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, path: Path, expected: str) -> None:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from xqg_ray import storage
 from xqg_ray.errors import InputError, StorageError
 from xqg_ray.index.shards import read_entry_map_file, read_shard_file
+from xqg_ray.storage import sha256_of
 
 DEFAULT_CACHE_DIR = os.path.join(tempfile.gettempdir(), "xqg-ray-shard-cache")
 
@@ -38,14 +39,6 @@ def _locked(path: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _marker_key(path: str, sha: str) -> str:
@@ -77,7 +70,7 @@ def cached_file(index_url: str, entry: dict, cache_dir: str | None = None) -> st
         marker = os.path.join(cache, "verified", _marker_key(path, sha))
         if os.path.exists(marker):
             return path
-        digest = _sha256_file(path)
+        digest = sha256_of(path)
         if digest != sha:
             if not local:
                 os.remove(path)

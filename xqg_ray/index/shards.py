@@ -434,13 +434,10 @@ def _verified_local_file(index_url: str, entry: dict, local_dir: str | None) -> 
     """A local copy of a file named in the manifest, whose sha256 matches the manifest."""
     url = storage.join(index_url, entry["file"])
     path = storage.local_copy(url, local_dir)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != entry["sha256"]:
+    digest = storage.sha256_of(path)
+    if digest != entry["sha256"]:
         raise StorageError(
-            f"{url}: checksum mismatch (sha256 {digest.hexdigest()[:12]}..., manifest says "
+            f"{url}: checksum mismatch (sha256 {digest[:12]}..., manifest says "
             f"{entry['sha256'][:12]}...): the file is corrupt or was replaced; rebuild the index"
         )
     return path

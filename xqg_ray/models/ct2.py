@@ -27,6 +27,7 @@ import torch
 
 from xqg_ray.errors import ConfigError, ModelError
 from xqg_ray.models.loading import CACHE_ENV, from_pretrained, load_tokenizer
+from xqg_ray.storage import sha256_of
 
 CONVERSION_VERSION = 1  # bump when the conversion recipe changes, so cached models are rebuilt
 COMPUTE_TYPES = (
@@ -97,11 +98,7 @@ def device_args(device: torch.device) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def checkpoint_hash(path: str, config: Any) -> str:
