@@ -60,3 +60,6 @@ def test_verbose_puts_ray_logs_back_on_the_terminal(config_file):
     assert done.returncode == 0, done.stderr
     assert "Started a local Ray instance" in done.stderr
     assert "logs: " not in done.stderr
+    # the evaluation is a stage of its own: one line off a terminal
+    evaluated = [line for line in done.stderr.splitlines() if line.startswith("evaluate: ")]
+    assert len(evaluated) == 1 and " rows in " in evaluated[0], done.stderr

@@ -16,6 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -143,3 +146,24 @@ def stage_line(name: str, rows: int, seconds: float, enabled: bool = True) -> No
     terminal its progress bar has said it."""
     if enabled and not interactive():
         print(f"{name}: {rows} rows in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stage(
+    name: str, steps: int, unit: str, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A stage that does not run on Ray Data (evaluation, tuning): a tqdm bar of `steps` on a
+    terminal, `stage_line` when it ends elsewhere. Yields `advance(rows)`, called per step."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    rows = 0
+    with tqdm(total=steps, desc=name, unit=unit, disable=not (enabled and interactive())) as bar:
+
+        def advance(step_rows: int) -> None:
+            nonlocal rows
+            rows += step_rows
+            bar.update(1)
+
+        yield advance
+    stage_line(name, rows, time.perf_counter() - start, enabled)

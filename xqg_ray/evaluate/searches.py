@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from xqg_ray.config import RunConfig
+from xqg_ray.console import stage
 from xqg_ray.datasets.settings import Setting
 from xqg_ray.evaluate.inputs import RunInputs, in_languages
 from xqg_ray.evaluate.offline_search import search_offline
@@ -63,7 +64,11 @@ def search_all(
     runs: dict[tuple[str, Languages], pa.Table] = {}
     log: list[dict[str, Any]] = []
     compared = 0
-    with ServiceQueryRunner(cfg, len(cfg.augment.strategies) * len(searches)) as service:
+    n_searches = len(cfg.augment.strategies) * len(searches)
+    with (
+        ServiceQueryRunner(cfg, n_searches) as service,
+        stage("evaluate", n_searches, "index", cfg.ray.progress_bars) as advance,
+    ):
         for strategy in cfg.augment.strategies:
             urls = ensure_indexes(cfg, strategy, sorted(searches), full)
             for langs, query_langs in sorted(searches.items()):
@@ -106,5 +111,6 @@ def search_all(
                 entry["queries"] = len(set(run["qid"].to_pylist()))
                 runs[(strategy, langs)] = run
                 log.append(entry)
+                advance(entry["queries"])
     check = {"indexes": len(log), "queries": compared, "identical": True} if via == "both" else None
     return runs, {"searches": log, "service_check": check}

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig, load_config
+from xqg_ray.console import stage
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.errors import ConfigError
 from xqg_ray.evaluate.inputs import passage_languages, query_answers, ranked_passage_texts
@@ -183,16 +184,19 @@ class PartsSearch:
         merged: list[ShardHits] | None = None
         histogram = np.zeros(0, np.int64)
         langs = []
-        for answer in tasks_in_order(self.cfg.ray, calls):
-            if merged is None:
-                merged = answer.hits
-            else:
-                pairs = zip(merged, answer.hits, strict=True)
-                merged = [merge_hits([a, b], self.cfg.search.depth, True) for a, b in pairs]
-            size = max(len(histogram), len(answer.count_histogram))
-            histogram = np.pad(histogram, (0, size - len(histogram)))
-            histogram += np.pad(answer.count_histogram, (0, size - len(answer.count_histogram)))
-            langs.append(answer.judged_langs)
+        with stage("tuning", len(calls), "part", self.cfg.ray.progress_bars) as advance:
+            for answer in tasks_in_order(self.cfg.ray, calls):
+                if merged is None:
+                    merged = answer.hits
+                else:
+                    pairs = zip(merged, answer.hits, strict=True)
+                    merged = [merge_hits([a, b], self.cfg.search.depth, True) for a, b in pairs]
+                counts = answer.count_histogram
+                size = max(len(histogram), len(counts))
+                histogram = np.pad(histogram, (0, size - len(histogram)))
+                histogram += np.pad(counts, (0, size - len(counts)))
+                langs.append(answer.judged_langs)
+                advance(int(counts.sum()))  # passages searched
         self.histogram = histogram
         self.judged_langs = pa.concat_tables(langs)
         return [
