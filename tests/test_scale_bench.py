@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from xqg_ray.bench.scale import main, write_corpus
+from xqg_ray.bench.scale import main
 from xqg_ray.bench.scale_models import hashing_vectors
+from xqg_ray.bench.synthetic import scale_corpus
 
 
 def test_synthetic_corpus_has_judged_queries_drawn_from_their_passages(tmp_path):
-    files = write_corpus(tmp_path, 1000, block=300)
+    files = scale_corpus(tmp_path, 1000, block=300)
     passages = pq.read_table(files["passages"])
     queries = pq.read_table(files["queries"])
     assert passages.num_rows == 1000 and len(set(passages["pid"].to_pylist())) == 1000

@@ -30,65 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from xqg_ray.bench.harness import format_table, machine_info, write_results
+from xqg_ray.bench.synthetic import scale_corpus
 
 QUERIES = 200
-VOCABULARY = 20_000
 COUNTER_PATH = "/__xqg_request_count"
-
-
-# --- the synthetic corpus ------------------------------------------------------------------------
-
-
-def vocabulary(size: int = VOCABULARY, seed: int = 0) -> np.ndarray:
-    """Pseudo-words of 3 to 9 letters (a Zipf-like draw over them makes passages differ)."""
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    lengths = rng.integers(3, 10, size)
-    return np.array(["".join(rng.choice(letters, n)) for n in lengths])
-
-
-def write_corpus(folder: Path, passages: int, seed: int = 0, block: int = 50_000) -> dict:
-    """passages.parquet (pid, title, text, lang), queries.parquet and qrels.txt; written in
-    blocks, so making a 2M-passage corpus needs little memory. Query i is a window of passage
-    (i * stride)'s words, judged relevant to it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    words = vocabulary(seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    ranks = np.arange(1, len(words) + 1)
-    weights = (1.0 / ranks) / (1.0 / ranks).sum()
-    stride = max(1, passages // QUERIES)
-    query_rows = {i * stride: i for i in range(min(QUERIES, passages))}
-    queries, qrels = [], []
-    schema = pa.schema([("pid", pa.string()), ("title", pa.string()), ("text", pa.string()),
-                        ("lang", pa.string())])  # fmt: skip
-    with pq.ParquetWriter(folder / "passages.parquet", schema, compression="zstd") as writer:
-        for start in range(0, passages, block):
-            n = min(block, passages - start)
-            lengths = rng.integers(40, 80, n)
-            drawn = words[rng.choice(len(words), int(lengths.sum()), p=weights)]
-            ends = np.cumsum(lengths)
-            texts = [" ".join(drawn[e - k : e]) for e, k in zip(ends, lengths, strict=True)]
-            pids = [f"p{start + i}" for i in range(n)]
-            for i in range(n):
-                if start + i in query_rows:
-                    qid = f"q{query_rows[start + i]}"
-                    queries.append({"qid": qid, "text": " ".join(texts[i].split()[5:13]),
-                                    "lang": "en"})  # fmt: skip
-                    qrels.append(f"{qid} 0 {pids[i]} 1")
-            titles = [f"title {start + i}" for i in range(n)]
-            writer.write_table(pa.table([pids, titles, texts, ["en"] * n], schema=schema))
-    pq.write_table(pa.Table.from_pylist(queries), folder / "queries.parquet")
-    (folder / "qrels.txt").write_text("\n".join(qrels) + "\n", encoding="utf-8")
-    return {
-        "passages": str(folder / "passages.parquet"),
-        "queries": str(folder / "queries.parquet"),
-        "qrels": str(folder / "qrels.txt"),
-    }
 
 
 # --- the configuration ---------------------------------------------------------------------------
@@ -373,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for size in sizes:
             start = time.perf_counter()
-            corpus = write_corpus(workdir / f"corpus-{size}", size)
+            corpus = scale_corpus(workdir / f"corpus-{size}", size, QUERIES)
             corpus_seconds = time.perf_counter() - start
             stamp = time.strftime("%Y%m%d-%H%M%S")
             root = (

@@ -1,7 +1,8 @@
-"""The synthetic corpus the throughput benchmarks build: XQuAD sentences, sampled reproducibly.
+"""The synthetic corpora the benchmarks build, reproducibly.
 
-`pipeline_throughput` and the generation, encoding and scaling sweeps measure the same corpus, so
-their figures compare.
+`synthetic_corpus`: XQuAD sentences, so `pipeline_throughput` and the generation, encoding and
+scaling sweeps measure the same real text and their figures compare. `scale_corpus`: millions of
+pseudo-word passages written block by block, for the corpus-scale benchmark (`scale.py`).
 """
 
 from __future__ import annotations
@@ -81,3 +82,55 @@ def synthetic_corpus(
         for number in range(len(texts)):
             out.write(f"q{number} 0 p{number:07d} 1\n")
     return paths
+
+
+VOCABULARY = 20_000
+
+
+def vocabulary(size: int = VOCABULARY, seed: int = 0) -> np.ndarray:
+    """Pseudo-words of 3 to 9 letters (a Zipf-like draw over them makes passages differ)."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lengths = rng.integers(3, 10, size)
+    return np.array(["".join(rng.choice(letters, n)) for n in lengths])
+
+
+def scale_corpus(
+    folder: Path, passages: int, queries: int = 200, seed: int = 0, block: int = 50_000
+) -> dict:
+    """The corpus-scale benchmark's corpus: passages.parquet (pid, title, text, lang),
+    queries.parquet and qrels.txt, written in blocks, so making a 2M-passage corpus needs little
+    memory. Query i is a window of passage (i * stride)'s words, judged relevant to it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = vocabulary(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    ranks = np.arange(1, len(words) + 1)
+    weights = (1.0 / ranks) / (1.0 / ranks).sum()
+    stride = max(1, passages // queries)
+    query_rows = {i * stride: i for i in range(min(queries, passages))}
+    rows, qrels = [], []
+    schema = pa.schema([("pid", pa.string()), ("title", pa.string()), ("text", pa.string()),
+                        ("lang", pa.string())])  # fmt: skip
+    with pq.ParquetWriter(folder / "passages.parquet", schema, compression="zstd") as writer:
+        for start in range(0, passages, block):
+            n = min(block, passages - start)
+            lengths = rng.integers(40, 80, n)
+            drawn = words[rng.choice(len(words), int(lengths.sum()), p=weights)]
+            ends = np.cumsum(lengths)
+            texts = [" ".join(drawn[e - k : e]) for e, k in zip(ends, lengths, strict=True)]
+            pids = [f"p{start + i}" for i in range(n)]
+            for i in range(n):
+                if start + i in query_rows:
+                    qid = f"q{query_rows[start + i]}"
+                    words_of_query = " ".join(texts[i].split()[5:13])
+                    rows.append({"qid": qid, "text": words_of_query, "lang": "en"})
+                    qrels.append(f"{qid} 0 {pids[i]} 1")
+            titles = [f"title {start + i}" for i in range(n)]
+            writer.write_table(pa.table([pids, titles, texts, ["en"] * n], schema=schema))
+    pq.write_table(pa.Table.from_pylist(rows), folder / "queries.parquet")
+    (folder / "qrels.txt").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return {
+        "passages": str(folder / "passages.parquet"),
+        "queries": str(folder / "queries.parquet"),
+        "qrels": str(folder / "qrels.txt"),
+    }
