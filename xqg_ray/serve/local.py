@@ -7,7 +7,9 @@ RUNNING and stops it again, so the application graph stays free of process manag
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import time
 
 import ray
@@ -115,6 +117,10 @@ def run_server(cfg: ServeConfig, blocking: bool = True) -> str:
         raise
     url = service_url(cfg)
     if blocking:
+        if threading.current_thread() is threading.main_thread():
+            # as uvicorn does: Ctrl-C stops the service even when the parent shell started it
+            # with SIGINT ignored (a background job of a script), which Python would inherit
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         print(f"xqg-ray search service at {url} (Ctrl-C to stop)", flush=True)
         try:
             while True:
