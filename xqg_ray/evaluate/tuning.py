@@ -109,10 +109,19 @@ def search_part(
 ) -> list[ShardHits]:
     """Each variant's exact top-`depth` in this part: every pair's queries of the variant's
     split against the pair's passages, mixed with the variant's (reduce, alpha)."""
+    searched = {}  # split -> [(query rows, their vectors, passage rows)], the same for every mix
+    for split, table in queries.items():
+        langs_of_query = np.asarray(table["lang"].to_pylist(), dtype=object)
+        searched[split] = []
+        for query_lang, langs in pairs:
+            rows = np.flatnonzero(langs_of_query == query_lang)
+            passages = np.flatnonzero(np.isin(part.langs, list(langs)))
+            if len(rows) and len(passages):
+                vectors = arrow_to_vectors(table["vector"].take(pa.array(rows)))
+                searched[split].append((rows, vectors, passages))
     answers = []
     for split, reduce, alpha in variants:
-        table = queries[split]
-        n = table.num_rows
+        n = queries[split].num_rows
         hits = ShardHits(
             np.full((n, depth), empty_score(True), np.float32),
             np.full((n, depth), -1, np.int64),
@@ -120,14 +129,9 @@ def search_part(
             np.full((n, depth), None, dtype=object),
         )
         mixed = mix_from_sums(part.vectors, part.query_sums, part.query_counts, alpha, reduce)
-        for query_lang, langs in pairs:
-            rows = np.flatnonzero(np.asarray(table["lang"].to_pylist(), dtype=object) == query_lang)
-            passages = np.flatnonzero(np.isin(part.langs, list(langs)))
-            if not len(rows) or not len(passages):
-                continue
+        for rows, vectors, passages in searched[split]:
             index = faiss.IndexFlatIP(mixed.shape[1])
             index.add(np.ascontiguousarray(mixed[passages]))
-            vectors = arrow_to_vectors(table["vector"].take(pa.array(rows)))
             scores, found = index.search(vectors, depth)
             ids = np.where(found >= 0, part.ids[passages][found], -1)
             hits.scores[rows], hits.ids[rows], hits.passages[rows] = scores, ids, ids
@@ -147,13 +151,13 @@ def tune_part(
 ) -> PartAnswer:
     """A task: one part's answers for every variant (see `PartAnswer`)."""
     part = reader(cfg, part_name)
-    judged = pc.is_in(pa.array(part.pids.tolist(), pa.string()), value_set=judged_pids)
+    pids = pa.array(part.pids.tolist(), pa.string())
     return PartAnswer(
         hits=search_part(part, queries, variants, pairs, cfg.search.depth),
         count_histogram=np.bincount(part.query_counts),
-        judged_langs=pa.table(
-            {"pid": pa.array(part.pids.tolist(), pa.string()), "lang": part.langs.tolist()}
-        ).filter(judged),
+        judged_langs=pa.table({"pid": pids, "lang": part.langs.tolist()}).filter(
+            pc.is_in(pids, value_set=judged_pids)
+        ),
     )
 
 

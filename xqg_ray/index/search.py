@@ -249,7 +249,7 @@ class InProcessIndex:
 
     def pids(self, passage_ids: np.ndarray) -> list[list[str | None]]:
         """Corpus pids for passage ids (None where unknown or -1)."""
-        return self.pid_map.lookup(passage_ids)
+        return self.pid_map.lookup(passage_ids).tolist()
 
 
 class PidMap:
@@ -257,14 +257,16 @@ class PidMap:
 
     def __init__(self, table: pa.Table | None):
         self.ids = table.column("id").to_numpy() if table is not None else np.zeros(0, np.int64)
-        self.pids = table.column("pid").to_pylist() if table is not None else []
+        self.pids = np.asarray(
+            table.column("pid").to_pylist() if table is not None else [], dtype=object
+        )
 
-    def lookup(self, passage_ids: np.ndarray) -> list[list[str | None]]:
+    def lookup(self, passage_ids: np.ndarray) -> np.ndarray:
+        """The pids of `passage_ids` (same shape, object), None where unknown or -1."""
+        out = np.full(passage_ids.shape, None, dtype=object)
         if not len(self.ids):
-            return [[None] * passage_ids.shape[1] for _ in range(passage_ids.shape[0])]
+            return out
         pos = np.clip(np.searchsorted(self.ids, passage_ids), 0, len(self.ids) - 1)
         found = (self.ids[pos] == passage_ids) & (passage_ids >= 0)
-        return [
-            [self.pids[p] if ok else None for p, ok in zip(row_pos, row_found, strict=True)]
-            for row_pos, row_found in zip(pos, found, strict=True)
-        ]
+        out[found] = self.pids[pos[found]]
+        return out

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xqg_ray.index.search import (
     EntryMap,
+    PidMap,
     StrideEntryMap,
     check_queries,
     entry_map_of,
@@ -41,27 +41,6 @@ class ShardHits:
         return ShardHits(self.scores[rows], self.ids[rows], self.passages[rows], self.pids[rows])
 
 
-class PidLookup:
-    """passage id -> corpus pid over a sorted (id, pid) table; None where unknown."""
-
-    def __init__(self, table: pa.Table | None):
-        self.ids = table["id"].to_numpy() if table is not None else np.zeros(0, np.int64)
-        self.pids = (
-            np.asarray(table["pid"].to_pylist(), dtype=object)
-            if table is not None
-            else np.zeros(0, dtype=object)
-        )
-
-    def lookup(self, passages: np.ndarray) -> np.ndarray:
-        out = np.full(passages.shape, None, dtype=object)
-        if not len(self.ids):
-            return out
-        pos = np.clip(np.searchsorted(self.ids, passages), 0, len(self.ids) - 1)
-        found = (self.ids[pos] == passages) & (passages >= 0)
-        out[found] = self.pids[pos[found]]
-        return out
-
-
 class ShardWithPids:
     """One shard of an index, loaded once, with the pids of the passages it holds: its own pid
     map when the build wrote one per shard, else the index's (indexes built in one process)."""
@@ -83,7 +62,7 @@ class ShardWithPids:
         self.entry_map: EntryMap | StrideEntryMap | None = entry_map_of(manifest, pairs)
         entry = manifest["shards"][shard].get("pid_map") or manifest.get("pid_map")
         table = pq.read_table(cached_file(index_url, entry, cache_dir)) if entry else None
-        self.pids = PidLookup(table)
+        self.pids = PidMap(table)
 
     def search(self, vectors: np.ndarray, depth: int) -> ShardHits:
         scores, ids = search_index(self.index, check_queries(vectors, self.index.d), depth)
