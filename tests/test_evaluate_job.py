@@ -30,7 +30,7 @@ from xqg_ray.datasets import load_corpus
 from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.offline_search import search_offline
-from xqg_ray.evaluate.runs import compare_runs
+from xqg_ray.evaluate.runs import compare_runs, run_differences
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
@@ -331,6 +331,16 @@ def test_compare_runs_names_the_first_differing_query():
         compare_runs(run(base), run(drifted), "drift")
     with pytest.raises(XqgError, match=r"'q2' has no results in the second run"):
         compare_runs(run(base), run(base[:2]), "missing")
+
+    # reduced-precision engines: near ties may swap, nothing else may
+    tied = [("q1", "a", 0.9, 1), ("q1", "b", 0.898, 2), ("q1", "e", 0.5, 3)]
+    swapped_ties = [("q1", "b", 0.8995, 1), ("q1", "a", 0.8985, 2), ("q1", "e", 0.5, 3)]
+    assert run_differences(run(tied), run(swapped_ties)) != {}
+    assert run_differences(run(tied), run(swapped_ties), 5e-3, tie_tolerance=5e-3) == {}
+    far = [("q1", "e", 0.9, 1), ("q1", "b", 0.898, 2), ("q1", "a", 0.5, 3)]
+    assert "ranks differently" in run_differences(run(tied), run(far), 5e-3, 5e-3)["q1"]
+    cut_off = [("q1", "a", 0.9, 1), ("q1", "b", 0.898, 2), ("q1", "f", 0.499, 3)]
+    assert run_differences(run(tied), run(cut_off), 5e-3, 5e-3) == {}  # a tie at the cut
 
 
 # ---- XQuAD-R and XOR-TyDi ---------------------------------------------------------------------

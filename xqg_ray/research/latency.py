@@ -110,8 +110,10 @@ def measure_query_cost(cfg, hardware: str, query_texts: list[str], vectors: np.n
         "rounds": ROUNDS,
         "encoder": {
             "name": cfg.encoder.name,
-            "engine": getattr(encoder, "engine", cfg.encoder.backend),
             **query_encoding_latency(encoder, query_texts, n),
+            # after the probe: the single-text engine is loaded by then
+            "engine": getattr(encoder, "single_engine", cfg.encoder.backend),
+            "batch_engine": getattr(encoder, "engine", cfg.encoder.backend),
         },
         "search": search,
     }

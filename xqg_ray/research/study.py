@@ -92,4 +92,5 @@ def measure_costs(cfg: RunConfig, echo: Echo, service: bool = True) -> None:
     if result["agree"] != result["queries"] or result["partial"]:
         from xqg_ray.errors import XqgError
 
-        raise XqgError("the search service disagrees with the offline search")
+        first = (result.get("differences") or ["a partial answer"])[0]
+        raise XqgError(f"the search service disagrees with the offline search: {first}")
