@@ -67,3 +67,36 @@ def test_tiny_run_end_to_end(tmp_path):
     text = engines.summary(report)
     assert "ctranslate2-int8" in text and "random weights" in text
     json.dumps(report)  # the report is JSON-ready
+
+
+def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "xqg_ray.bench.gpu_check", "--out", str(tmp_path / "g.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 2
+    assert "no CUDA GPU is visible" in done.stderr
+    assert not (tmp_path / "g.json").exists()
+    assert time.perf_counter() - start < 60
+
+
+def test_text_cut_to_512_tokens_stays_within_512(shared_data):
+    from transformers import AutoTokenizer
+
+    from xqg_ray.bench.encoders import cut_to_tokens
+    from xqg_ray.config import OFFLINE_E5
+    from xqg_ray.models.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(OFFLINE_E5))
+    text = (shared_data / "xquad" / "xquad.en.json").read_text()[:20000]
+    (cut,) = cut_to_tokens(tokenizer, [text], 512)
+    assert 480 <= len(tokenizer("passage: " + cut)["input_ids"]) <= 512
+    assert text.startswith(cut[:100])

@@ -9,6 +9,7 @@ bakes parts of the traced inputs into BERT's graph, which then returns wrong vec
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -60,6 +61,8 @@ def export_encoder(model: torch.nn.Module, out_dir: str | os.PathLike, max_lengt
     batch = torch.export.Dim("batch")
     length = torch.export.Dim("length", max=max_length)
     shapes = ({0: batch, 1: length}, {0: batch, 1: length})
+    # the exporter logs a line per torchvision op it cannot register: not ours to show
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")

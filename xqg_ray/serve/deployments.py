@@ -166,6 +166,7 @@ class TextEncoder:
                 f"encoder {self.encoder.name} makes {self.encoder.dim}-d vectors but the index "
                 f"holds {expected_dim}-d vectors: serve the index with the encoder that built it"
             )
+        self.encoder.encode_queries(["warm-up"])  # loads the single-query engine before traffic
 
     def encode_all(self, requests: list[list[str]]) -> list[np.ndarray]:
         """One encoder call for several requests' texts; one array per request."""
