@@ -53,6 +53,14 @@ def group(pid: str) -> str:
     return pid.split("-", 1)[1]
 
 
+def unit_means(scores: dict[str, float], qids: list[str], by_group: bool) -> list[float]:
+    """Each unit's mean score, units sorted: question groups, or the queries themselves."""
+    units: dict[str, list[float]] = defaultdict(list)
+    for qid in qids:
+        units[group(qid) if by_group else qid].append(scores[qid])
+    return [statistics.fmean(units[unit]) for unit in sorted(units)]
+
+
 def read_run(path: Path) -> dict[str, list[tuple[str, float]]]:
     """A TREC run file as {qid: [(pid, score), ...]} in rank order."""
     ranked: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
@@ -176,14 +184,15 @@ def test_per_query_scores_macro_averages_and_t_tests(xquad):
     evaluation = xquad["evaluation"]
     measures = evaluation["measures"]
     per_query = pq.read_table(xquad["out"] / "per_query.parquet")
-    assert per_query.column_names == ["setting", "strategy", "qid", "lang", "measure", "value"]
+    columns = ["setting", "strategy", "qid", "lang", "group", "measure", "value"]
+    assert per_query.column_names == columns
     assert per_query.num_rows == len(SETTINGS) * len(STRATEGIES) * len(xquad["qids"]) * len(
         measures
     )
     rows = per_query.to_pylist()
     values: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for row in rows:
-        assert row["lang"] == lang(row["qid"])
+        assert row["lang"] == lang(row["qid"]) and row["group"] == group(row["qid"])
         values[(row["setting"], row["strategy"], row["measure"])][row["qid"]] = row["value"]
     for name in SETTINGS:
         summaries = evaluation["settings"][name]["strategies"]
@@ -200,14 +209,16 @@ def test_per_query_scores_macro_averages_and_t_tests(xquad):
                 if strategy == "dense":
                     assert "ttest_vs_dense" not in summary
                     continue
-                for test_group in ("all", "de", "en"):
-                    qids = sorted(q for q in scores if test_group in ("all", lang(q)))
-                    a = [scores[q] for q in qids]
-                    b = [values[(name, "dense", measure)][q] for q in qids]
-                    p_value = summary["ttest_vs_dense"][test_group][measure]["p"]
-                    assert 0.0 <= p_value <= 1.0
+                for pool in ("all", "de", "en"):
+                    # pooled over languages, a question's translations are one unit
+                    qids = sorted(q for q in scores if pool in ("all", lang(q)))
+                    a = unit_means(scores, qids, pool == "all")
+                    b = unit_means(values[(name, "dense", measure)], qids, pool == "all")
+                    test = summary["ttest_vs_dense"][pool][measure]
+                    assert 0.0 <= test["p"] <= 1.0 and test["n"] == len(a)
+                    assert ("p_holm" in test) == (pool != "all")
                     if len({x - y for x, y in zip(a, b, strict=True)}) > 1:
-                        assert p_value == pytest.approx(stats.ttest_rel(a, b).pvalue)
+                        assert test["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     # a real encoder finds an English question's paragraph among 12 English ones
     assert evaluation["settings"]["x-x"]["strategies"]["dense"]["per_lang"]["en"]["R@1"] > 0.5
 
@@ -222,7 +233,9 @@ def test_reports_and_the_headline_setting(xquad):
     assert "| strategy | de | en | macro | macro X (cross-lingual) |" in markdown
     assert "| strategy | de | en | macro |\n" in markdown
     xqg_row = next(line for line in markdown.splitlines() if line.startswith("| xqg |"))
-    assert xqg_row.count("(p=") == 4  # de, en, macro and the cross-lingual macro
+    assert xqg_row.count("(Holm p=") == 2  # de and en
+    assert xqg_row.count("], p=") == 2  # macro and the cross-lingual macro: CI and p
+    assert "unit: question group (the mean over its 2 translations)" in markdown
     assert read_json(str(out / "evaluation.json"))["settings"].keys() == set(SETTINGS)
     for name in SETTINGS:
         assert read_json(str(out / name / "metrics.json"))["setting"] == name
@@ -390,7 +403,9 @@ def test_xquad_r_pool_scores_map_at_20(tmp_path, tiny_models, shared_data):
             for code in ("de", "en")
         )
         assert evaluation["strategies"][strategy]["macro"]["mAP@20"] == pytest.approx(macro)
-    assert "mAP@20" in evaluation["strategies"]["xqg"]["ttest_vs_dense"]["all"]
+    pooled = evaluation["strategies"]["xqg"]["ttest_vs_dense"]["all"]["mAP@20"]
+    # a question's de and en translations are one unit here too
+    assert pooled["unit"] == "question group" and pooled["queries_per_unit"] == 2
 
 
 XOR_PASSAGES = [

@@ -11,8 +11,9 @@ Outputs under `results/<experiment>/`:
 
     <setting>/<strategy>.run, qrels.txt    TREC run and qrels files of each setting
     <setting>/metrics.json                 that setting's metrics
-    per_query.parquet                      setting, strategy, qid, lang, measure, value
-    evaluation.json, evaluation.md         every setting; strategy x language tables with p-values
+    per_query.parquet                      setting, strategy, qid, lang, group, measure, value
+    evaluation.json, evaluation.md         every setting; strategy x language tables with paired
+                                           tests (question groups as the unit, `evaluate/paired.py`)
     metrics.json, <strategy>.run           the first (headline) setting, where they always were
 """
 
@@ -117,7 +118,9 @@ def evaluate_setting(
         "setting": setting.name,
         "pairs": pair_rows,
         "measures": measures,
-        "strategies": summarize(per_query, langs, measures, monolingual_languages(setting)),
+        "strategies": summarize(
+            per_query, langs, measures, monolingual_languages(setting), inputs.groups
+        ),
         "queries": setting_queries.num_rows,
         "judged_queries": len(next(iter(per_query.values()))),
         "passages": sum(
@@ -126,7 +129,8 @@ def evaluate_setting(
         "encoder": cfg.encoder.name,
         "generator": cfg.generator.name if _uses_generator(cfg) else None,
     }
-    return metrics, setting_runs, setting_qrels, per_query_table(setting.name, per_query, langs)
+    table = per_query_table(setting.name, per_query, langs, inputs.groups)
+    return metrics, setting_runs, setting_qrels, table
 
 
 def setting_folder(name: str) -> str:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig
-from xqg_ray.datasets.splits import TEST, with_role
+from xqg_ray.datasets.splits import TEST, query_groups, with_role
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.evaluate.settings import Languages
 from xqg_ray.index.shards import load_manifest
@@ -39,6 +39,7 @@ class RunInputs:
     vectors: pa.Table  # qid, lang, vector of the same queries
     qrels: pa.Table
     answers: dict[str, list[str]]
+    groups: dict[str, str]  # qid -> question group: the unit of the pooled paired tests
 
     @property
     def passage_languages(self) -> list[str]:
@@ -81,6 +82,11 @@ def query_answers(cfg: RunConfig) -> dict[str, list[str]]:
         )
         if values
     }
+
+
+def query_group_map(cfg: RunConfig) -> dict[str, str]:
+    """qid -> question group of every corpus query (itself where the dataset has none)."""
+    return query_groups(read_table(RunPaths(cfg.root).corpus("queries")))
 
 
 def collection_languages(cfg: RunConfig) -> dict[str, int]:
@@ -130,6 +136,7 @@ def read_inputs(cfg: RunConfig) -> RunInputs:
         vectors=vectors,
         qrels=qrels,
         answers=query_answers(cfg),
+        groups=query_group_map(cfg),
     )
 
 

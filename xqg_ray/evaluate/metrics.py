@@ -430,11 +430,13 @@ def xor_retrieve_recall(
 
 
 def paired_ttest(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[float, float]:
-    """Two-sided paired t-test of per-query scores over the queries both systems have.
+    """Two-sided paired t-test of scores over the keys both systems have.
 
-    The xQG paper's significance test (``scipy.stats.ttest_rel``). Degenerate cases, where
-    scipy would return NaN or warn: identical scores on every query give ``(0.0, 1.0)`` (no
-    evidence of a difference); a constant non-zero difference gives ``(+-inf, 0.0)``.
+    The xQG paper's significance test (``scipy.stats.ttest_rel``). Keys are the test's units:
+    `evaluate/paired.py` passes question groups (translations of one question are one sample),
+    or queries where there are no groups. Degenerate cases, where scipy would return NaN or
+    warn: identical scores on every key give ``(0.0, 1.0)`` (no evidence of a difference); a
+    constant non-zero difference gives ``(+-inf, 0.0)``.
     """
     shared = sorted(a.keys() & b.keys())
     if len(shared) < 2:

@@ -1,4 +1,4 @@
-"""Score runs: per-query measures, per-language and macro averages, t-tests against dense.
+"""Score runs: per-query measures, per-language and macro averages, paired tests against dense.
 
 Two kinds of measures: judged ones (ir_measures names and XTREME-R `mAP@k`) need qrels; the
 XOR-Retrieve `R@<n>kt` ones need the queries' answer strings and the ranked passages' texts.
@@ -6,7 +6,6 @@ XOR-Retrieve `R@<n>kt` ones need the queries' answer strings and the ranked pass
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from statistics import fmean
@@ -15,7 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xqg_ray.evaluate.metrics import aggregate, evaluate_run, paired_ttest, xor_retrieve_recall
+from xqg_ray.evaluate.metrics import aggregate, evaluate_run, xor_retrieve_recall
+from xqg_ray.evaluate.paired import holm, paired_test
 
 BASELINE = "dense"
 _KT = re.compile(r"R@(\d+(?:\.\d+)?)kt")
@@ -69,12 +69,14 @@ def summarize(
     langs: Mapping[str, str],
     measures: list[str],
     monolingual: frozenset[str] = frozenset(),
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Each strategy's per-language and macro averages, with t-tests against `dense`.
+    """Each strategy's per-language and macro averages, with paired tests against `dense`.
 
     When some query languages search passages of their own language (`monolingual`, en->en in
-    X->en) and others do not, `macro_cross_lingual` averages the others only, and the t-tests
-    get a `cross_lingual` group: XOR-Retrieve's headline averages cross-lingual languages only.
+    X->en) and others do not, `macro_cross_lingual` averages the others only, and the tests get
+    a `cross_lingual` pool: XOR-Retrieve's headline averages cross-lingual languages only.
+    `groups` (qid -> question group) makes the pooled tests' unit the group (`significance`).
     """
     results: dict[str, Any] = {}
     for name, scores in per_query.items():
@@ -87,7 +89,7 @@ def summarize(
             summary["cross_lingual_languages"] = cross
         if BASELINE in per_query and name != BASELINE:
             summary["ttest_vs_dense"] = significance(
-                scores, per_query[BASELINE], langs, measures, monolingual
+                scores, per_query[BASELINE], langs, measures, monolingual, groups
             )
         results[name] = summary
     return results
@@ -99,28 +101,40 @@ def significance(
     langs: Mapping[str, str],
     measures: list[str],
     monolingual: frozenset[str] = frozenset(),
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Paired t-test p-values per measure, over all queries, the cross-lingual ones (when some
-    are monolingual) and within each language."""
-    groups: dict[str, list[str]] = {"all": list(scores)}
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired tests per measure (`paired.paired_test`: t-test and bootstrap CI), by pool.
+
+    Over all queries and over the cross-lingual ones (when some are monolingual) the unit is the
+    question group, valued by the mean over its queries in the pool (each query alone where
+    `groups` has none); within each language the unit is the query, and `p_holm` corrects the
+    languages' p-values of one measure for their number (Holm).
+    """
+    pools: dict[str, list[str]] = {"all": list(scores)}
     if monolingual:
         cross = [qid for qid in scores if langs[qid] not in monolingual]
         if cross and len(cross) < len(scores):
-            groups["cross_lingual"] = cross
+            pools["cross_lingual"] = cross
+    by_language: dict[str, list[str]] = {}
     for qid in scores:
-        groups.setdefault(langs[qid], []).append(qid)
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for group, qids in sorted(groups.items()):
+        by_language.setdefault(langs[qid], []).append(qid)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for pool, qids in sorted({**by_language, **pools}.items()):
         shared = [q for q in qids if q in baseline]
         if len(shared) < 2:  # a t-test needs two paired queries
             continue
-        out[group] = {}
-        for measure in measures:
-            a = {q: scores[q][measure] for q in shared}
-            b = {q: baseline[q][measure] for q in shared}
-            t_stat, p_value = paired_ttest(a, b)
-            # a constant difference gives t = +-inf: JSON has no infinity, so it is stored as null
-            out[group][measure] = {"t": t_stat if math.isfinite(t_stat) else None, "p": p_value}
+        units = groups if pool in pools else None
+        out[pool] = {
+            m: paired_test(
+                {q: scores[q][m] for q in shared}, {q: baseline[q][m] for q in shared}, units
+            )
+            for m in measures
+        }
+    tested = [lang for lang in sorted(by_language) if lang in out and lang not in pools]
+    for measure in measures:
+        adjusted = holm([out[lang][measure]["p"] for lang in tested])
+        for lang, p_holm in zip(tested, adjusted, strict=True):
+            out[lang][measure]["p_holm"] = p_holm
     return out
 
 
@@ -130,6 +144,7 @@ PER_QUERY_SCHEMA = pa.schema(
         ("strategy", pa.string()),
         ("qid", pa.string()),
         ("lang", pa.string()),
+        ("group", pa.string()),
         ("measure", pa.string()),
         ("value", pa.float64()),
     ]
@@ -137,9 +152,14 @@ PER_QUERY_SCHEMA = pa.schema(
 
 
 def per_query_table(
-    setting: str, per_query: dict[str, dict[str, dict[str, float]]], langs: Mapping[str, str]
+    setting: str,
+    per_query: dict[str, dict[str, dict[str, float]]],
+    langs: Mapping[str, str],
+    groups: Mapping[str, str] | None = None,
 ) -> pa.Table:
-    """Long format (setting, strategy, qid, lang, measure, value): what t-tests and plots read."""
+    """Long format (setting, strategy, qid, lang, group, measure, value): what the paired tests
+    and plots read; `group` is the query's question group (the qid itself without one)."""
+    groups = groups or {}
     rows: dict[str, list] = {name: [] for name in PER_QUERY_SCHEMA.names}
     for strategy, scores in per_query.items():
         for qid, values in scores.items():
@@ -148,6 +168,7 @@ def per_query_table(
                 rows["strategy"].append(strategy)
                 rows["qid"].append(qid)
                 rows["lang"].append(langs[qid])
+                rows["group"].append(groups.get(qid, qid))
                 rows["measure"].append(measure)
                 rows["value"].append(float(value))
     return pa.table(rows, schema=PER_QUERY_SCHEMA)

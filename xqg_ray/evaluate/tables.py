@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xqg_ray.evaluate.paired import CONFIDENCE, RESAMPLES, unit_text
+
 DISPLAY = {"RR@10": "MRR@10"}
 
 
@@ -61,11 +63,39 @@ def strategy_language_table(
     return _render(header, rows, markdown)
 
 
+def delta_text(delta: float, test: dict[str, Any]) -> str:
+    """`+0.013 [-0.001, +0.026], p=0.059`: a difference from dense, the paired bootstrap CI of
+    the test's unit and its paired t-test p-value."""
+    low, high = test["ci"]
+    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}], p={test['p']:.2g}"
+
+
+def unit_line(results: dict[str, Any]) -> str:
+    """What the headline tests pair: their unit and its count, the test and the CI."""
+    for summary in results.values():
+        _, tests, label = headline(summary)
+        if tests:
+            break
+    else:
+        return "No paired tests (no `dense` baseline, or fewer than two shared queries)."
+    first = next(iter(tests.values()))
+    pool = "cross-lingual" if label == "cross-lingual" else ""
+    return (
+        f"Paired tests against dense over {label} queries, unit: {unit_text(first, pool)}; "
+        f"two-sided paired t-test, {CONFIDENCE:.0%} CI of Δ by paired bootstrap over the units "
+        f"({RESAMPLES:,} resamples, seeded)."
+    )
+
+
 def significance_table(results: dict[str, Any], measures: list[str], markdown: bool = False) -> str:
     """Each strategy's headline macro score (cross-lingual languages where the setting also has
-    monolingual ones), its difference from dense, and the paired t-test p-value."""
+    monolingual ones), its difference from dense with the CI and p-value of the paired tests
+    over question groups (`unit_line` says the unit)."""
     label = headline(next(iter(results.values())))[2] if results else "all languages"
-    header = ["strategy", *[f"{display_name(m)} (Δ dense, p; {label})" for m in measures]]
+    header = [
+        "strategy",
+        *[f"{display_name(m)} (Δ dense [{CONFIDENCE:.0%} CI], p; {label})" for m in measures],
+    ]
     rows = []
     base = results.get("dense")
     for strategy, summary in results.items():
@@ -78,25 +108,33 @@ def significance_table(results: dict[str, Any], measures: list[str], markdown: b
                 cells.append(f"{value:.3f}")
             else:
                 delta = value - headline(base)[0][measure]
-                cells.append(f"{value:.3f} ({delta:+.3f}, p={test['p']:.2g})")
+                cells.append(f"{value:.3f} ({delta_text(delta, test)})")
         rows.append(cells)
     return _render(header, rows, markdown)
 
 
-def _cell(value: float | None, test: dict[str, Any] | None) -> str:
+def _cell(value: float | None, test: dict[str, Any] | None, base: float | None = None) -> str:
+    """A language's value with its Holm-corrected p; a macro value with Δ, CI and p."""
     if value is None:
         return "–"
     if test is None:
         return f"{value:.3f}"
-    return f"{value:.3f} (p={test['p']:.2g})"
+    if "p_holm" in test:
+        return f"{value:.3f} (Holm p={test['p_holm']:.2g})"
+    return f"{value:.3f} ({delta_text(value - base, test)})"
 
 
 def language_table(results: dict[str, Any], measure: str, markdown: bool = False) -> str:
-    """Rows strategies, columns query languages and the macro average, for one measure; every
-    strategy but dense shows its paired t-test p-value against dense (macro: over all queries)."""
+    """Rows strategies, columns query languages and the macro averages, for one measure.
+
+    Every strategy but dense shows, per language, its paired t-test against dense over the
+    language's queries, Holm-corrected over the languages; per macro, Δ dense with the CI and
+    p of the paired tests over question groups (macro: all languages; macro X: cross-lingual).
+    """
     langs = sorted({lang for r in results.values() for lang in r["per_lang"]})
     cross = any("macro_cross_lingual" in r for r in results.values())
     header = ["strategy", *langs, "macro", *(["macro X (cross-lingual)"] if cross else [])]
+    dense = results.get("dense", {})
     rows = []
     for strategy, summary in results.items():
         tests = summary.get("ttest_vs_dense", {})
@@ -104,10 +142,12 @@ def language_table(results: dict[str, Any], measure: str, markdown: bool = False
         for lang in langs:
             value = summary["per_lang"].get(lang, {}).get(measure)
             cells.append(_cell(value, tests.get(lang, {}).get(measure)))
-        cells.append(_cell(summary["macro"][measure], tests.get("all", {}).get(measure)))
+        base = dense.get("macro", {}).get(measure)
+        cells.append(_cell(summary["macro"][measure], tests.get("all", {}).get(measure), base))
         if cross:
             value = summary.get("macro_cross_lingual", {}).get(measure)
-            cells.append(_cell(value, tests.get("cross_lingual", {}).get(measure)))
+            base = dense.get("macro_cross_lingual", {}).get(measure)
+            cells.append(_cell(value, tests.get("cross_lingual", {}).get(measure), base))
         rows.append(cells)
     return _render(header, rows, markdown)
 
@@ -126,8 +166,10 @@ def evaluation_markdown(evaluation: dict[str, Any]) -> str:
     generator = f"`{evaluation['generator']}`" if evaluation["generator"] else "none"
     lines.append(
         f"Encoder `{evaluation['encoder']}`, generator {generator}; search "
-        f"via {evaluation['via']}. Cells are means over a language's queries; p-values are "
-        "two-sided paired t-tests against `dense` over the same queries."
+        f"via {evaluation['via']}. Cells are means over a language's queries. A language's "
+        "p-value is a two-sided paired t-test against `dense` over its queries, Holm-corrected "
+        "over the languages; a macro cell gives Δ dense with the paired tests over question "
+        "groups (the translations of one question are one unit)."
     )
     for name, metrics in evaluation["settings"].items():
         lines += ["", f"## Setting `{name}`", ""]
@@ -138,4 +180,5 @@ def evaluation_markdown(evaluation: dict[str, Any]) -> str:
         for measure in metrics["measures"]:
             lines += ["", f"### {display_name(measure)}", ""]
             lines.append(language_table(metrics["strategies"], measure, markdown=True))
+        lines += ["", unit_line(metrics["strategies"])]
     return "\n".join(lines) + "\n"

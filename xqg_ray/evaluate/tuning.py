@@ -9,7 +9,8 @@ collection part whose answers merge exactly as they arrive (the driver never hol
 vectors).
 The grid reads dev queries only; test queries are read once, after the choice, to score `dense`,
 the published setting (`augment.alpha`, `augment.reduce`) and the dev-chosen one with paired
-t-tests against dense. Writes `results/<experiment>/xqg_tuning.json` and `xqg_tuning.png`.
+tests against dense over question groups (`evaluate/paired.py`). Writes
+`results/<experiment>/xqg_tuning.json` and `xqg_tuning.png`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from xqg_ray.config import RunConfig, load_config
 from xqg_ray.console import stage
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.errors import ConfigError
-from xqg_ray.evaluate.inputs import passage_languages, query_answers, ranked_passage_texts
+from xqg_ray.evaluate.inputs import (
+    passage_languages,
+    query_answers,
+    query_group_map,
+    ranked_passage_texts,
+)
 from xqg_ray.evaluate.runs import run_table
 from xqg_ray.evaluate.scoring import judged_qrels, kt_budget, score_run, summarize
 from xqg_ray.evaluate.settings import monolingual_languages, resolve_setting, setting_measures
@@ -306,7 +312,7 @@ def tune_xqg(cfg: RunConfig, reader: PartReader = read_mixing_part) -> dict[str,
         "grid": grid,
         "published": published,
         "chosen": chosen,
-        "test": summarize(test, langs_of(TEST), measures, monolingual),
+        "test": summarize(test, langs_of(TEST), measures, monolingual, query_group_map(cfg)),
     }
 
 
