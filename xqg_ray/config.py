@@ -95,7 +95,13 @@ class EncoderConfig(Strict):
         default="", description="Prepended to every passage (e5: 'passage: ')."
     )
     batch_size: int = Field(
-        default=64, ge=1, description="Texts per forward pass (sorted by length, padded per batch)."
+        default=64, ge=1, description="Most texts per forward pass (sorted by length)."
+    )
+    batch_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Most padded tokens per forward pass; 0 = auto: 2048 on the CPU (bf16 and "
+        "fp32 run fastest there: README 'Engines'), 65536 on GPUs.",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

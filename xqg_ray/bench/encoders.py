@@ -40,10 +40,11 @@ from xqg_ray.models.engine_choice import BATCH, SINGLE, choice_facts
 
 MIN_COSINE = 0.999
 EXPANDED_TOKENS = 512
-CPU_ENGINES = [("torch", "float32"), ("torch", "bfloat16"), ("ctranslate2", "int8")]
+# (engine, encoder.dtype); CTranslate2's `auto` is int8 on the CPU and bfloat16 on recent GPUs
+CPU_ENGINES = [("torch", "float32"), ("torch", "bfloat16"), ("ctranslate2", "auto")]
 CPU_ENGINES += [("ctranslate2", "float32"), ("onnxruntime", "float32")]
 GPU_ENGINES = [("torch", "float32"), ("torch", "bfloat16"), ("torch", "float16")]
-GPU_ENGINES += [("ctranslate2", "float16"), ("ctranslate2", "int8_float16")]
+GPU_ENGINES += [("ctranslate2", "float16"), ("ctranslate2", "auto")]
 
 
 def per_language_sample(corpus_rows: list[dict], per_language: int) -> list[dict]:
