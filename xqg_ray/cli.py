@@ -234,20 +234,21 @@ def _print_generated_counts(counts: dict[str, Any]) -> None:
 
 def _print_tuning(result: dict[str, Any]) -> None:
     from xqg_ray.evaluate import tuning
-    from xqg_ray.evaluate.tables import significance_table
+    from xqg_ray.evaluate.tables import significance_table, unit_line
 
     chosen = result["chosen"]
     typer.echo(f"\nxqg alpha and reduce on the dev split ({result['setting']}):")
     typer.echo(tuning.table(result))
     typer.echo(
         f"dev choice: {chosen['reduce']}, alpha {chosen['alpha']:g}. On the "
-        f"{result['test_queries']} test queries, against dense (paired t-tests):"
+        f"{result['test_queries']} test queries, against dense:"
     )
     typer.echo(significance_table(result["test"], result["measures"]))
+    typer.echo(unit_line(result["test"]))
 
 
 def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:
-    from xqg_ray.evaluate.tables import significance_table, strategy_language_table
+    from xqg_ray.evaluate.tables import significance_table, strategy_language_table, unit_line
     from xqg_ray.paths import RunPaths
 
     settings = metrics.get("settings") or {metrics.get("setting", "main"): metrics}
@@ -258,6 +259,7 @@ def _print_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> None:
         typer.echo(strategy_language_table(result["strategies"], measures))
         typer.echo("")
         typer.echo(significance_table(result["strategies"], measures))
+        typer.echo(unit_line(result["strategies"]))
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
     typer.echo(f"\nmetrics: {out}/evaluation.json, tables: {out}/evaluation.md")
 

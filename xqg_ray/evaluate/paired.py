@@ -103,10 +103,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def count_text(test: Mapping[str, Any]) -> str:
+    """`524 question groups` or `5,240 queries`."""
+    return f"{test['n']:,} " + ("question groups" if test["unit"] == GROUP else "queries")
+
+
 def unit_text(test: Mapping[str, Any], pool: str = "") -> str:
     """How a report names a test's unit: `question group (the mean over its 10 cross-lingual
-    translations), n = 524 groups`, or `query, n = 5240 queries`."""
-    if test.get("unit") != GROUP:
+    translations), n = 524 groups`, or `query, n = 5,240 queries`; a test recorded before
+    tests had units (pooled over queries) says so."""
+    if "unit" not in test:
+        return f"{QUERY} (an evaluation from before grouped tests: re-run it)"
+    if test["unit"] != GROUP:
         return f"{QUERY}, n = {test['n']:,} queries"
     kind = f"{pool} " if pool else ""
     return (

@@ -64,8 +64,10 @@ def strategy_language_table(
 
 
 def delta_text(delta: float, test: dict[str, Any]) -> str:
-    """`+0.013 [-0.001, +0.026], p=0.059`: a difference from dense, the paired bootstrap CI of
-    the test's unit and its paired t-test p-value."""
+    """`+0.013 [-0.001, +0.026], p=0.059`: a difference from dense, the paired bootstrap CI over
+    the test's units and its paired t-test p-value (no CI in a test recorded without one)."""
+    if not test.get("ci"):
+        return f"{delta:+.3f}, p={test['p']:.2g}"
     low, high = test["ci"]
     return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}], p={test['p']:.2g}"
 
