@@ -101,6 +101,22 @@ def test_seeded_sampling_reproduces(tiny_models, shared_cache):
     assert len({q for group in queries for q in group}) > len(TEXTS)  # samples differ
 
 
+def test_a_kept_translator_is_reused_and_its_first_call_still_seeded(tiny_models, shared_cache):
+    """The cost probe's option: no reload per call (so timing leaves it out), the same first
+    call as the build's per-call seeding, the translator's load time on record."""
+    seeded = CT2Generator(config(tiny_models["mt5"], seed=7))
+    kept = CT2Generator(config(tiny_models["mt5"], seed=7))
+    assert kept.translator_load_s > 0
+    kept.keep_translator()
+    first = kept.generate(TITLES, TEXTS, "ja")
+    translator = kept._next_translator
+    assert first == seeded.generate(TITLES, TEXTS, "ja")
+    kept.generate(TITLES, TEXTS, "ja")
+    assert kept._next_translator is translator  # the same one: nothing reloaded
+    seeded.generate(TITLES, TEXTS, "ja")
+    assert seeded._next_translator is None  # the build's path loads a fresh one per call
+
+
 @pytest.mark.parametrize("engine", ["hf", "ctranslate2"])
 def test_fixed_output_tokens_gives_exact_lengths(tiny_models, shared_cache, engine):
     generator = load_generator(config(tiny_models["mt5"], engine=engine, fixed_output_tokens=13))

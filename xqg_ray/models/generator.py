@@ -12,6 +12,7 @@ so callers can record which engine produced a figure. Other backends (the lead's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,8 +150,8 @@ class CT2Generator:
     CTranslate2 seeds a worker thread's random generator once, when the thread first samples;
     so that every call is seeded with `cfg.seed`, as `HFGenerator`'s is, each call runs on a
     translator that has not sampled yet (a fresh one after the first call: its weights load from
-    the page cache, `load_s` in `python -m xqg_ray.bench.engines`; small next to a part's
-    generation time).
+    the page cache in `translator_load_s`, small next to a part's generation time). Cost probes
+    time generation without that reload (`keep_translator`) and account for it separately.
     """
 
     def __init__(self, cfg: GeneratorConfig):
@@ -171,7 +172,16 @@ class CT2Generator:
             )
             self.engine += "-restricted"
         # a model that does not load fails here, not in the first call, which then uses it
-        self._unused_translator = self._translator()
+        start = time.perf_counter()
+        self._next_translator = self._translator()
+        self.translator_load_s = time.perf_counter() - start  # what each later call reloads
+        self.reload_per_call = True
+
+    def keep_translator(self) -> None:
+        """Cost probes only: from the next call on, every call reuses one translator, so that
+        timing leaves out the per-call reload; calls after the next one are no longer seeded
+        with `cfg.seed` (they continue the translator's random stream)."""
+        self.reload_per_call = False
 
     def _translator(self):
         import ctranslate2
@@ -201,8 +211,9 @@ class CT2Generator:
             _allowed_for(self.allowed, language)  # the vocabulary map knows cfg.languages only
         ids = self.tokenizer(prompts, truncation=True, max_length=self.cfg.max_input_length)
         source = [self.tokenizer.convert_ids_to_tokens(row) for row in ids["input_ids"]]
-        ctranslate2.set_random_seed(self.cfg.seed)  # read by the fresh translator's thread
-        translator, self._unused_translator = self._unused_translator or self._translator(), None
+        ctranslate2.set_random_seed(self.cfg.seed)  # read by a fresh translator's thread
+        translator = self._next_translator or self._translator()
+        self._next_translator = None if self.reload_per_call else translator
         results = translator.translate_batch(
             source,
             max_batch_size=self.cfg.batch_size * self.cfg.max_input_length,
