@@ -20,7 +20,15 @@ from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.tables import headline
 from xqg_ray.paths import RunPaths
 from xqg_ray.research import study
-from xqg_ray.research.cost import measure_indexing_cost, strategy_costs
+from xqg_ray.research.caveats import OFFICIAL_GENERATOR, generator_caveats
+from xqg_ray.research.cost import (
+    mean_output_tokens,
+    measure_indexing_cost,
+    mt5_lengths,
+    strategy_costs,
+    translator_reload,
+    word_windows,
+)
 from xqg_ray.research.latency import measure_query_cost
 from xqg_ray.research.report import opening, write_report
 from xqg_ray.stages.pipeline import build
@@ -168,17 +176,64 @@ def test_strategy_costs_compose_the_measured_rates():
     assert costs["xqg"]["seconds_at_target"] == pytest.approx(2450)
 
 
+def test_generated_query_length_counts_eos():
+    # XLM-R pieces: "▁Wie ▁heißt ▁die ▁Stadt ?" (5) and "▁a" (1); mT5 writes EOS after them
+    assert mt5_lengths(["Wie heißt die Stadt?", "a"]) == [6, 2]
+    assert mean_output_tokens(["Wie heißt die Stadt?", "a"]) == 4
+
+
+def test_paper_shape_passages_are_100_word_windows_of_the_run_passages():
+    titles, texts = word_windows(["A", "B"], [" ".join(["x"] * 150), " ".join(["y"] * 120)])
+    assert [len(text.split()) for text in texts] == [100, 100, 70]
+    assert titles == ["A", "A", "B"]  # a window is titled by the passage it starts in
+    assert texts[1] == " ".join(["x"] * 50 + ["y"] * 50)
+
+
+def test_the_builds_translator_reload_is_accounted_apart():
+    shape = {"translator_load_seconds": 6.4, "languages": 10, "seconds_per_passage": 2.0}
+    reload = translator_reload(shape, passages_per_part=256)
+    assert reload["seconds_per_passage"] == pytest.approx(6.4 * 10 / 256)
+    assert reload["share_of_generation"] == pytest.approx(0.125)
+    assert translator_reload({**shape, "translator_load_seconds": None}, 256) is None
+
+
 def test_cost_probe_runs_with_the_tiny_mt5(run, tmp_path, monkeypatch):
     monkeypatch.setenv("XQG_RAY_CACHE", str(tmp_path / "cache"))
     cost = measure_indexing_cost(run["cfg"], "test machine")
     generation = cost["generation"]
-    assert generation["seconds_per_passage"] > 0 and generation["passage_languages_timed"] >= 2
-    assert generation["output_tokens"] >= 2 and generation["languages"] == 1
     assert generation["engine"] and "random weights" in generation["model"]
-    assert cost["queries_per_passage"] == 3
+    own, paper = generation["run"], generation["paper"]
+    for shape in (own, paper):
+        assert shape["seconds_per_passage"] > 0 and shape["passage_languages_timed"] >= 2
+        assert shape["output_tokens"] >= 2 and shape["load_seconds"] > 0
+        assert 1 <= shape["input_tokens"] <= 256
+    assert own["languages"] == 1 and own["queries_per_language"] == 3
+    assert paper["languages"] == 7 and paper["queries_per_language"] == 5
+    assert paper["passage_words"] <= 100 < own["passage_words"]  # XQuAD paragraphs are longer
+    reload = generation["translator_reload"]
+    if generation["engine"].startswith("ctranslate2"):
+        assert reload["seconds_per_load"] == own["translator_load_seconds"] > 0
+    assert cost["queries_per_passage"] == 3 and cost["paper_queries_per_passage"] == 35
     rows = cost["strategies"][run["cfg"].encoder.name]
     assert rows["dense"]["x_dense"] == 1.0
     assert all(rows[s]["x_dense"] > 1.0 for s in ("xqg", "expand", "multivector"))
+    paper_xqg = rows["xqg"]["paper_shape"]
+    assert paper_xqg["components_s_per_passage"]["generate"] == paper["seconds_per_passage"]
+    assert paper_xqg["seconds_at_target"] == pytest.approx(
+        cost["target_passages"] * paper_xqg["seconds_per_1k"] / 1000
+    )
+
+
+def test_caveats_name_the_standin_bound_and_the_official_generators_languages():
+    evaluation = {
+        "config": {"generator": {"backend": "question_split", "model": OFFICIAL_GENERATOR}},
+        "strategies": {"dense": {"per_lang": dict.fromkeys(["ar", "de", "en", "ru", "zh"], {})}},
+    }
+    standin, official = generator_caveats(evaluation)
+    assert "upper bound for a perfect generator" in standin
+    assert "(ar bn fi ja ko ru te)" in official and "only ar, ru are among them" in official
+    evaluation["config"]["generator"] = {"backend": "hf", "model": "my/mt5"}
+    assert generator_caveats(evaluation) == []
 
 
 def test_latency_probe_and_report(run, tmp_path, monkeypatch):
@@ -202,7 +257,14 @@ def test_latency_probe_and_report(run, tmp_path, monkeypatch):
     assert f"dev-chosen setting ({chosen['reduce']}, alpha {chosen['alpha']:g}" in lines[1]
     for line in lines:
         assert "x dense" in line and "noise band" in line and "p=" in line
+        assert "extrapolated from the rates timed on this machine" in line
     assert "not measured" not in answer
+    # a question's only cross-lingual translation here is de: a group is one query
+    assert "unit: query, n = " in answer and "95% CI" in answer
+    assert "upper bound for a perfect generator" in answer
     text = Path(report).read_text(encoding="utf-8")
+    assert "nothing is estimated" not in text
+    assert "The columns marked * are extrapolated from" in text
+    assert "which the rates above leave out" in text or "engine `hf" in text
     assert "![effectiveness against indexing cost](tradeoff.png)" in text
     assert (out / "tradeoff.png").read_bytes().startswith(PNG_MAGIC)

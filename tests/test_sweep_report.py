@@ -211,7 +211,7 @@ def test_report_plots_are_png_and_missing_sweeps_say_not_measured(run):
         line = next(x for x in answer.splitlines() if x.startswith(f"- **`{strategy}`**"))
         # no cost or latency probe ran here: the answer says so instead of making figures up
         assert "indexing cost not measured" in line and "query latency not measured" in line
-        assert "vs dense (paired t-test p=" in line
+        assert "vs dense, 95% CI [" in line and "paired t-test p=" in line
 
 
 def test_a_bad_sweep_key_is_a_config_error_naming_it(tmp_path):

@@ -3,7 +3,8 @@
 One row per variant: `dense`, `xqg` at the published setting, `xqg` at the dev-chosen setting,
 `expand` and `multivector`. Each carries its indexing cost (cost probe, real architectures with
 random weights), its query-time cost (latency probe, service probe) and its effectiveness on the
-test queries with a paired t-test against dense (evaluation, dev tuning).
+test queries against dense, with the paired t-test and bootstrap CI over question groups
+(`evaluate/paired.py`; evaluation, dev tuning).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from xqg_ray.config import STRATEGIES
-from xqg_ray.evaluate.tables import display_name, headline
+from xqg_ray.evaluate.paired import CONFIDENCE, count_text
+from xqg_ray.evaluate.tables import delta_text, display_name, headline
 
 NOT_MEASURED = "not measured"
 SIGNIFICANCE = 0.05
@@ -34,6 +36,9 @@ def _effect(summary: dict[str, Any], dense: dict[str, Any], measures: list[str])
             "value": values[m],
             "delta": values[m] - base[m],
             "p": tests.get(m, {}).get("p"),
+            "ci": tests.get(m, {}).get("ci"),
+            "n": tests.get(m, {}).get("n"),
+            "unit": tests.get(m, {}).get("unit"),
             "over": label,
         }
         for m in measures
@@ -134,9 +139,11 @@ def sentences(
             mine, base = row["cost"][encoder], dense["cost"][encoder]
             parts.append(
                 f"indexing costs {ratio(mine['x_dense'])} dense ({mine['seconds_per_1k']:,.0f} s "
-                f"vs {base['seconds_per_1k']:,.1f} s per 1,000 passages; {mine['dominant']} is "
-                f"{mine['dominant_share']:.0%} of it; {duration(mine['seconds_at_target'])} for "
-                f"{target:,} passages on this machine)"
+                f"vs {base['seconds_per_1k']:,.1f} s per 1,000 passages at this run's shape; "
+                f"{mine['dominant']} is {mine['dominant_share']:.0%} of it; extrapolated from "
+                f"the rates timed on this machine to {target:,} passages: "
+                f"{duration(mine['seconds_at_target'])} at the run's shape, "
+                f"{duration(mine['paper_shape']['seconds_at_target'])} at the paper's)"
             )
         else:
             parts.append(f"indexing cost {NOT_MEASURED}")
@@ -154,9 +161,13 @@ def sentences(
         effect = (row["effect"] or {}).get(measure) if measure else None
         if effect and effect["p"] is not None:
             verdict = "significant" if effect["p"] < SIGNIFICANCE else "not significant"
+            low, high = effect.get("ci") or (None, None)
+            ci = f", {CONFIDENCE:.0%} CI [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+            units = f" over {count_text(effect)}" if effect.get("unit") else ""
             parts.append(
                 f"{display_name(measure)} on test ({effect['over']}) {effect['value']:.3f}, "
-                f"{effect['delta']:+.3f} vs dense (paired t-test p={effect['p']:.2g}, {verdict})"
+                f"Δ {effect['delta']:+.3f} vs dense{ci}, paired t-test p={effect['p']:.2g}"
+                f"{units} ({verdict})"
             )
         else:
             parts.append(f"effectiveness vs dense {NOT_MEASURED}")
@@ -181,7 +192,7 @@ def verdict_line(rows: dict[str, dict[str, Any]], measure: str | None) -> str:
     ]
     best = max(effects, key=lambda name: effects[name]["delta"])
     effect = effects[best]
-    gain = f"({effect['delta']:+.3f}, p={effect['p']:.2g})"
+    gain = f"({delta_text(effect['delta'], effect)})"
     if winners:
         named = ", ".join(f"`{name}`" for name in winners)
         return (
@@ -202,12 +213,30 @@ def verdict_line(rows: dict[str, dict[str, Any]], measure: str | None) -> str:
     )
 
 
+def extrapolation(cost: dict[str, Any]) -> str:
+    """What the corpus-scale figures are extrapolated from."""
+    run, paper = cost["generation"]["run"], cost["generation"]["paper"]
+    return (
+        f"extrapolated from the per-passage rates timed here ({run['passage_languages_timed']} "
+        f"and {paper['passage_languages_timed']} passage-languages of generation at the run's "
+        "and the paper's shape; the encoders' rates on the run's passages)"
+    )
+
+
 def cost_table(cost: dict[str, Any], primary: str | None = None) -> str:
-    """Indexing cost per strategy and encoder: s per 1,000 passages, x dense, at target."""
+    """Indexing cost per strategy and encoder: s per 1,000 passages and x dense at the run's
+    shape; at the target size, extrapolated at the run's and at the paper's shape."""
     encoders = sorted(cost["strategies"], key=lambda name: name != primary)
+    target = f"at {cost['target_passages']:,}"
     header = ["strategy"]
     for encoder in encoders:
-        header += [f"{encoder}: s / 1k", "x dense", f"at {cost['target_passages']:,}", "dominant"]
+        header += [
+            f"{encoder}: s / 1k",
+            "x dense",
+            f"{target}, run's shape*",
+            f"{target}, paper's shape*",
+            "dominant",
+        ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     measured = next(iter(cost["strategies"].values()))
     for strategy in [s for s in STRATEGIES if s in measured]:
@@ -218,21 +247,45 @@ def cost_table(cost: dict[str, Any], primary: str | None = None) -> str:
                 f"{row['seconds_per_1k']:,.1f}",
                 f"{row['x_dense']:.1f}",
                 duration(row["seconds_at_target"]),
+                duration(row["paper_shape"]["seconds_at_target"]),
                 f"{row['dominant']} ({row['dominant_share']:.0%})",
             ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", f"\\* The columns marked * are {extrapolation(cost)}."])
 
 
 def cost_notes(cost: dict[str, Any]) -> list[str]:
+    """The generation and encoding rates behind the cost table, the model load and the build's
+    per-call translator reload, which the rates leave out."""
     gen = cost["generation"]
+    run, paper = gen["run"], gen["paper"]
     lines = [
-        f"Generation: {gen['model']}, engine `{gen['engine']}`, {gen['queries_per_language']} "
-        f"queries x {gen['languages']} languages per passage, top-k {gen['top_k']} sampling, "
-        f"inputs truncated at {gen['max_input_length']} tokens, outputs fixed at "
-        f"{gen['output_tokens']} tokens: {gen['seconds_per_passage']:.2f} s per passage "
-        f"({gen['passage_languages_timed']} passage-languages timed in {gen['seconds']:.0f} s).",
+        f"Generation: {gen['model']}, engine `{gen['engine']}`, top-k {gen['top_k']} sampling, "
+        f"outputs fixed at {run['output_tokens']} tokens (the run's generated queries' mean, "
+        "EOS included); input lengths are counted in XLM-R's 250k SentencePiece (like mT5's) "
+        f"plus EOS, truncated at {run['max_input_length']}, and the model is fed inputs of the "
+        "mean length.",
+        f"At the run's shape ({run['languages']} languages x {run['queries_per_language']} "
+        f"queries over the run's passages of {run['passage_words']:.0f} words on average, inputs "
+        f"of {run['input_tokens']:.0f} tokens): {run['seconds_per_passage']:.2f} s per passage "
+        f"({run['passage_languages_timed']} passage-languages timed in {run['seconds']:.0f} s).",
+        f"At the paper's shape ({paper['languages']} languages x "
+        f"{paper['queries_per_language']} queries over {paper['passage_words']:.0f}-word "
+        f"passages with the published prompt, inputs of {paper['input_tokens']:.0f} tokens): "
+        f"{paper['seconds_per_passage']:.2f} s per passage ({paper['passage_languages_timed']} "
+        f"passage-languages timed in {paper['seconds']:.0f} s).",
+        f"Model load: {run['load_seconds']:.1f} s, once per generation actor, not in the rates.",
     ]
+    reload = gen["translator_reload"]
+    if reload:
+        lines.append(
+            "The build's CTranslate2 generator reloads its translator at every call so that each "
+            f"call is seeded (one load per part and language, {reload['seconds_per_load']:.1f} s "
+            f"each): at {reload['passages_per_part']} passages per part that adds "
+            f"{reload['seconds_per_passage']:.2f} s per passage "
+            f"({reload['share_of_generation']:.0%} of the run's shape's generation), which the "
+            "rates above leave out."
+        )
     for name, enc in cost["encoders"].items():
         lines.append(
             f"Encoder {name} ({enc['weights']}, engine `{enc['engine']}`): "
@@ -241,8 +294,8 @@ def cost_notes(cost: dict[str, Any]) -> list[str]:
             f"{1 / enc['expanded']['seconds_per_unit']:.2f} expanded passages/s."
         )
     lines.append(
-        f"{cost['queries_per_passage']} generated queries per passage; measured on "
-        f"{cost['hardware']}."
+        f"Generated queries per passage: {cost['queries_per_passage']} at the run's shape, "
+        f"{cost['paper_queries_per_passage']} at the paper's; measured on {cost['hardware']}."
     )
     return lines
 
@@ -304,7 +357,10 @@ def query_notes(latency: dict[str, Any], service: dict[str, Any] | None) -> list
 
 
 def effect_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
-    header = ["variant", *[f"{display_name(m)} (Δ dense, p)" for m in measures]]
+    header = [
+        "variant",
+        *[f"{display_name(m)} (Δ dense [{CONFIDENCE:.0%} CI], p)" for m in measures],
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         cells = [f"`{name}`"]
@@ -315,7 +371,7 @@ def effect_table(rows: dict[str, dict[str, Any]], measures: list[str]) -> str:
             elif name == "dense" or effect["p"] is None:
                 cells.append(f"{effect['value']:.3f}")
             else:
-                cells.append(f"{effect['value']:.3f} ({effect['delta']:+.3f}, p={effect['p']:.2g})")
+                cells.append(f"{effect['value']:.3f} ({delta_text(effect['delta'], effect)})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -349,6 +405,51 @@ def plot_tradeoff(
     gen = cost["generation"]
     ax.set_title(f"generation: {gen['model']}, {gen['engine']}; encoder {encoder}", fontsize=7)
     ax.margins(x=0.3, y=0.15)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_deltas(rows: dict[str, dict[str, Any]], measure: str) -> bytes | None:
+    """Each variant's difference from dense on test with its bootstrap CI over the tests' units
+    (question groups): what the significance verdicts rest on, drawn."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    effects = {
+        name: row["effect"][measure]
+        for name, row in rows.items()
+        if name != "dense" and row["effect"] and (row["effect"].get(measure) or {}).get("ci")
+    }
+    if not effects:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(effects) + 1.4))
+    names = list(effects)[::-1]
+    for i, name in enumerate(names):
+        effect = effects[name]
+        low, high = effect["ci"]
+        ax.errorbar(
+            effect["delta"],
+            i,
+            xerr=[[effect["delta"] - low], [high - effect["delta"]]],
+            fmt="o",
+            color=f"C{i}",
+            capsize=4,
+        )
+    ax.axvline(0.0, color="grey", linestyle="--")
+    ax.set_yticks(range(len(names)), names)
+    first = next(iter(effects.values()))
+    ax.set_xlabel(
+        f"Δ {display_name(measure)} vs dense on test, {CONFIDENCE:.0%} CI over {count_text(first)}",
+        fontsize=8,
+    )
+    ax.margins(y=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

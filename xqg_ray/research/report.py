@@ -6,8 +6,9 @@ Reads the build's `stats/*.json` and, under `results/<experiment>/`, the evaluat
 (`evaluation.json`, test queries only when a dev split exists), the dev tuning (`xqg_tuning.json`),
 the cost probes (`cost.json`: real architectures, random weights), the query-time probes
 (`latency.json`, `service.json`) and the sweeps (`sweep/*.json`). It writes `report.md`, which
-opens with the answer in sentences built from those figures, PNG plots and `report.json`.
-Whatever was not measured is written as "not measured"; nothing is estimated or filled in.
+opens with the answer in sentences built from those figures and the caveats they rest on
+(`caveats.py`), PNG plots and `report.json`. Whatever was not measured is written as "not
+measured"; the corpus-scale costs are extrapolated from measured rates and say so.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from xqg_ray.config import STRATEGIES
 from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
-from xqg_ray.research import answer
+from xqg_ray.research import answer, caveats
 from xqg_ray.storage import (
     exists,
     join,
@@ -450,25 +451,25 @@ def write_report(root: str, experiment: str) -> str:
         *answer.sentences(table, evaluation, tuning, cost, latency),
         "",
     ]
-    if evaluation:
-        split = "test queries only" if tuning or evaluation.get("split") == "test" else "all"
-        lines.append(
-            f"Effectiveness: encoder `{evaluation['encoder']}`, generator "
-            f"`{evaluation['generator']}`, setting `{evaluation['headline']}`, "
-            f"{evaluation['judged_queries']} judged queries ({split})."
+    lines += [
+        "Caveats:",
+        "",
+        *caveats.caveats(stats, evaluation, tuning, cost, latency),
+        "",
+        f"Every figure is read from the measured files under `{root}`"
+        + (
+            f"; the sentences quote {answer.primary_encoder(cost, evaluation)}'s costs"
+            if cost
+            else ""
         )
-    if cost:
-        lines.append(
-            f"Indexing costs: {cost['generation']['model']} on engine "
-            f"`{cost['generation']['engine']}`, encoders {', '.join(cost['encoders'])}, on "
-            f"{cost['hardware']}; the sentences quote "
-            f"{answer.primary_encoder(cost, evaluation)}."
-        )
-    lines.append(
-        f"Every figure is read from the measured files under `{root}`; nothing is estimated, and "
-        "a figure whose input is missing is marked as such."
-    )
+        + "; figures at the corpus scale are extrapolated from measured rates and say from what; "
+        "a figure whose input is missing is marked as such.",
+    ]
     plots: dict[str, bytes | None] = {"index_cost": plot_index_cost(rows)}
+    if evaluation:
+        plots["deltas"] = answer.plot_deltas(table, measures[0])
+        if plots["deltas"]:
+            lines += ["", "![differences from dense with their CIs](deltas.png)"]
     if evaluation and cost:
         plots["tradeoff"] = answer.plot_tradeoff(
             table, measures[0], cost, answer.primary_encoder(cost, evaluation)
@@ -508,7 +509,14 @@ def write_report(root: str, experiment: str) -> str:
         lines += ["![this build's index-time cost](index_cost.png)", ""]
     if evaluation:
         plots["effectiveness"] = plot_effectiveness(evaluation)
-        lines += ["## Effectiveness per query language", ""]
+        lines += [
+            "## Effectiveness per query language",
+            "",
+            "A language's p-value is a two-sided paired t-test against dense over its queries, "
+            "Holm-corrected over the languages of one measure and strategy; a macro cell gives "
+            "Δ dense with its CI and p over question groups (see the caveats).",
+            "",
+        ]
         for measure in measures:
             lines += [f"### {display_name(measure)}", ""]
             lines += [language_table(evaluation["strategies"], measure, markdown=True), ""]
