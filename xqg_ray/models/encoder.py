@@ -66,11 +66,12 @@ def token_batches(
     `max_tokens` padded tokens (a text longer than the budget goes alone)."""
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = 0
     for i in order:
-        longest = max(lengths[i], *(lengths[j] for j in current[-1:]))
+        longest = max(longest, lengths[i])
         if current and (len(current) >= max_texts or longest * (len(current) + 1) > max_tokens):
             batches.append(current)
-            current = []
+            current, longest = [], lengths[i]
         current.append(i)
     if current:
         batches.append(current)
