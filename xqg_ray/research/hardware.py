@@ -1,4 +1,5 @@
-"""One line naming the machine a figure was measured on: CPU model and count, and GPU if any."""
+"""One line naming the machine a figure was measured on: CPU model, count and the flags the
+encoder's engine choice rests on (`models/engine_choice.py`), and GPU if any."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def hardware_label() -> str:
     except OSError:
         pass
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    label = f"{cpus} CPUs ({cpu})"
+    from xqg_ray.models.engine_choice import choice_facts
+
+    flags = " ".join(choice_facts()["flags"]) or "none of avx2/avx512/amx reported"
+    label = f"{cpus} CPUs ({cpu}; flags {flags})"
     import torch
 
     if torch.cuda.is_available():
