@@ -214,6 +214,7 @@ def demo(
         _print_tuning(tuning)
     if not no_cost:
         study.measure_costs(cfg, typer.echo, service=not no_service_check)
+        _print_frontier(study.frontier(cfg))
     url = write_report(cfg.root, cfg.evaluate.experiment)
     typer.echo(f"\n{opening(url)}\n\nreport: {url}")
 
@@ -230,6 +231,21 @@ def _print_generated_counts(counts: dict[str, Any]) -> None:
         f"{', '.join(counts['languages'])}); passages without a held-in question: "
         f"{counts['passages_without_queries']}"
     )
+
+
+def _print_frontier(result: dict[str, Any] | None) -> None:
+    from xqg_ray.evaluate import frontier, sensitivity
+
+    if result is None:
+        return
+    typer.echo(f"\nfrontier ({result['frontier']['label']}):")
+    typer.echo("\n".join(frontier.lines(result["frontier"])))
+    typer.echo(f"plot: {result['folder']}/frontier.png")
+    typer.echo(
+        f"\ngenerator-quality sensitivity (n = {result['sensitivity']['n']}, all languages):"
+    )
+    typer.echo("\n".join(sensitivity.table(result["sensitivity"])))
+    typer.echo(f"plot: {result['folder']}/sensitivity.png")
 
 
 def _print_tuning(result: dict[str, Any]) -> None:

@@ -135,7 +135,7 @@ def run_shape(cfg: RunConfig, passages: pa.Table) -> Shape:
         passages["title"].to_pylist(),
         passages["text"].to_pylist(),
         gen.languages,
-        gen.queries_per_language,
+        cfg.augment.queries_per_language or gen.queries_per_language,
         gen.prompt,
         gen.max_input_length,
     )

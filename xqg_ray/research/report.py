@@ -397,6 +397,33 @@ def _optional(results: str, name: str) -> dict[str, Any] | None:
     return read_json(url) if exists(url) else None
 
 
+def _frontier_section(results: str) -> list[str]:
+    """The frontier's two lines and the sensitivity table, when they were computed."""
+    from xqg_ray.evaluate import frontier, sensitivity
+
+    grid, degraded = _optional(results, "frontier.json"), _optional(results, "sensitivity.json")
+    if not grid or not degraded:
+        return []
+    return [
+        "## Effectiveness against cost, and generator quality",
+        "",
+        f"{grid['label']}. Each point re-mixes the stored per-query vectors (n per language x "
+        f"generated languages; {grid['language_rule']}); reduce and alpha chosen on dev per "
+        "point; cost: the cost probe's rates, linear in queries.",
+        "",
+        *[f"- {line}" for line in frontier.lines(grid)],
+        "",
+        "![frontier](frontier.png)",
+        "",
+        "```",
+        *sensitivity.table(degraded),
+        "```",
+        "",
+        "![sensitivity](sensitivity.png)",
+        "",
+    ]
+
+
 def _tuning_section(tuning: dict[str, Any]) -> list[str]:
     chosen, published = tuning["chosen"], tuning["published"]
     q = tuning["queries_per_passage"]
@@ -485,6 +512,7 @@ def write_report(root: str, experiment: str) -> str:
         lines += [*answer.query_notes(latency, service), ""]
     if tuning:
         lines += _tuning_section(tuning)
+    lines += _frontier_section(results)
     lines += ["## This run's own build", ""]
     passages = next(iter(rows.values()), {}).get("passages")
     lines += [

@@ -29,6 +29,26 @@ def tune(cfg: RunConfig) -> dict[str, Any] | None:
     return result
 
 
+def frontier(cfg: RunConfig) -> dict[str, Any] | None:
+    """The cost/effectiveness frontier and the generator-quality sensitivity (re-mixed from the
+    stored per-query vectors; needs cost.json, a dev split and multivector's vectors)."""
+    from xqg_ray.evaluate import frontier as grid
+    from xqg_ray.evaluate import sensitivity
+    from xqg_ray.storage import exists, read_json, write_bytes_atomic
+
+    out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
+    wanted = {"xqg", "multivector"} <= set(cfg.augment.strategies)
+    if cfg.tuning.dev_fraction <= 0 or not wanted or not exists(join(out, "cost.json")):
+        return None
+    result = grid.run_frontier(cfg, read_json(join(out, "cost.json")))
+    write_json_atomic(join(out, "frontier.json"), result)
+    write_bytes_atomic(join(out, "frontier.png"), grid.plot_png(result))
+    degraded = sensitivity.run_sensitivity(cfg)
+    write_json_atomic(join(out, "sensitivity.json"), degraded)
+    write_bytes_atomic(join(out, "sensitivity.png"), sensitivity.plot_png(degraded))
+    return {"frontier": result, "sensitivity": degraded, "folder": out}
+
+
 def reported_queries(cfg: RunConfig):
     """The evaluation's test queries (texts and vectors), in the same order."""
     from xqg_ray.datasets.splits import TEST, with_role
