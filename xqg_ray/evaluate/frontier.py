@@ -12,7 +12,6 @@ language (languages x n queries per passage).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from xqg_ray.config import RunConfig
 from xqg_ray.datasets.splits import seed_digest
+from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.remix import Mix, Part, choose_and_test, read_queries, test_label
 
 QUERIES_PER_LANGUAGE = (1, 2, 3, 5, 10)
@@ -191,8 +191,4 @@ def plot_png(result: dict[str, Any]) -> bytes:
     ax.set_ylabel("test dR@1 vs dense (95% CI)")
     ax.set_title(result["label"], fontsize=7)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -14,7 +14,6 @@ are chosen on dev at every (kind, q), then scored on test (`remix.py`).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from xqg_ray.config import RunConfig
 from xqg_ray.console import stage
 from xqg_ray.datasets.splits import GENERATION, seed_digest
+from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.remix import (
     Mix,
     Part,
@@ -286,8 +286,4 @@ def plot_png(result: dict[str, Any]) -> bytes:
     ax.set_ylabel("test dR@1 vs dense (95% CI)")
     ax.set_title(result["label"], fontsize=7)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

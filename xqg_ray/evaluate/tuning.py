@@ -16,7 +16,6 @@ tests against dense over question groups (`evaluate/paired.py`). Writes
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from xqg_ray.config import RunConfig, load_config
 from xqg_ray.console import stage
 from xqg_ray.datasets.splits import DEV, TEST, with_role
 from xqg_ray.errors import ConfigError
+from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.inputs import (
     passage_languages,
     query_answers,
@@ -360,11 +360,7 @@ def plot_png(result: dict[str, Any]) -> bytes:
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write(cfg: RunConfig, result: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from xqg_ray.config import STRATEGIES
+from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.paired import CONFIDENCE, count_text
 from xqg_ray.evaluate.tables import delta_text, display_name, headline
 
@@ -381,7 +382,6 @@ def plot_tradeoff(
 ) -> bytes:
     """Effectiveness on test against indexing cost with the encoder effectiveness was measured
     with: one labelled point per variant."""
-    import io
 
     import matplotlib
 
@@ -405,17 +405,12 @@ def plot_tradeoff(
     gen = cost["generation"]
     ax.set_title(f"generation: {gen['model']}, {gen['engine']}; encoder {encoder}", fontsize=7)
     ax.margins(x=0.3, y=0.15)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def plot_deltas(rows: dict[str, dict[str, Any]], measure: str) -> bytes | None:
     """Each variant's difference from dense on test with its bootstrap CI over the tests' units
     (question groups): what the significance verdicts rest on, drawn."""
-    import io
 
     import matplotlib
 
@@ -450,8 +445,4 @@ def plot_deltas(rows: dict[str, dict[str, Any]], measure: str) -> bytes | None:
         fontsize=8,
     )
     ax.margins(y=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -14,10 +14,10 @@ measured"; the corpus-scale costs are extrapolated from measured rates and say s
 from __future__ import annotations
 
 import argparse
-import io
 from typing import Any
 
 from xqg_ray.config import STRATEGIES
+from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
 from xqg_ray.research import answer, caveats
@@ -218,11 +218,7 @@ def _figure(width: float = 6.0, height: float = 3.6, ncols: int = 1):
 
 
 def _png(plt, fig) -> bytes:
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def plot_generation(rows: list[dict[str, Any]]) -> bytes:
