@@ -207,7 +207,7 @@ def demo(
         f"for a perfect generator; not mT5).\nEncoder: {engine_summary(cfg.encoder)}."
     )
     metrics = _build_and_evaluate(cfg)
-    _print_generated_counts(study.generated_counts(cfg))
+    _print_generated_counts(study.generated_counts(cfg), cfg.augment.queries_per_language)
     _print_metrics(cfg, metrics)
     tuning = study.tune(cfg)
     if tuning:
@@ -219,7 +219,7 @@ def demo(
     typer.echo(f"\n{opening(url)}\n\nreport: {url}")
 
 
-def _print_generated_counts(counts: dict[str, Any]) -> None:
+def _print_generated_counts(counts: dict[str, Any], used: int | None) -> None:
     shape = (
         f"exactly {counts['min']}"
         if counts["min"] == counts["max"]
@@ -230,6 +230,7 @@ def _print_generated_counts(counts: dict[str, Any]) -> None:
         f"({counts['passages']} passages x {len(counts['languages'])} languages: "
         f"{', '.join(counts['languages'])}); passages without a held-in question: "
         f"{counts['passages_without_queries']}"
+        + (f"; the indexes fold in the first {used} of each" if used else "")
     )
 
 
