@@ -50,6 +50,24 @@ def test_bad_config_exits_2_naming_the_field(override, named):
     assert named in result.output and "Traceback" not in result.output
 
 
+def test_malformed_yaml_is_one_line_for_run_and_serve_configs(tmp_path):
+    from xqg_ray.bench.sweep import load_sweep_config
+    from xqg_ray.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications:\n  - args: {index: [unclosed\n")
+    for verb in (["config", "--config", str(bad)], ["serve", "--config", str(bad)]):
+        result = runner.invoke(app, verb)
+        assert result.exit_code == 2, verb
+        assert "bad.yaml: not valid YAML" in result.output and "Traceback" not in result.output
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    result = runner.invoke(app, ["serve", "--config", str(listed)])
+    assert result.exit_code == 2 and "top level must be a mapping" in result.output
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_sweep_config(str(bad))
+
+
 def test_malformed_dataset_exits_2_and_leaves_no_complete_table(tmp_path, shared_data):
     data = tmp_path / "xquad"
     data.mkdir()

@@ -285,22 +285,19 @@ def _serve_config(
     config: str | None, index: str | None, strategy: str | None, overrides: list[str]
 ) -> Any:
     """ServeConfig from a Serve config YAML (first application's args + http_options) and flags."""
-    import yaml
-
-    from xqg_ray.config import parse_override, set_path
+    from xqg_ray.config import parse_override, read_yaml_mapping, set_path
     from xqg_ray.serve.config import ServeConfig
-    from xqg_ray.storage import read_text
     from xqg_ray.strict import validate
 
     data: dict[str, Any] = {}
     if config:
-        loaded = yaml.safe_load(read_text(config)) or {}
-        apps = loaded.get("applications") if isinstance(loaded, dict) else None
+        loaded = read_yaml_mapping(config)
+        apps = loaded.get("applications")
         if apps:
             data = dict(apps[0].get("args", {}))
             http = loaded.get("http_options", {})
             data.update({k: http[k] for k in ("host", "port") if k in http})
-        elif isinstance(loaded, dict):
+        else:
             data = loaded
     if index:
         data["index"] = index

@@ -16,6 +16,7 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.strict import Strict, validate
 
 STRATEGIES = ("dense", "xqg", "expand", "multivector")
+Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]  # one list of names, here
 
 
 def default_data_dir(name: str) -> str:
@@ -278,9 +279,7 @@ class CollectionConfig(Strict):
 class AugmentConfig(Strict):
     """The strategies to build and their parameters (docs/architecture.md)."""
 
-    strategies: list[Literal["dense", "xqg", "expand", "multivector"]] = Field(
-        default_factory=lambda: list(STRATEGIES)
-    )
+    strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES))
     alpha: float = Field(default=0.01, ge=0, le=1, description="xqg: weight of the query sum.")
     reduce: Literal["sum", "mean"] = Field(default="sum", description="xqg: sum (paper) or mean.")
     languages: list[str] | None = Field(
@@ -412,23 +411,26 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
 
 
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: {}); bad YAML or another top level is a
+    one-line ConfigError naming the file. Every config file (run, serve, sweep) is read here."""
+    from xqg_ray.storage import read_text  # storage sits beside config in the bottom layer
+
+    try:
+        loaded = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (optional), apply overrides, validate; errors name file and field."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path:
-        source = path
-        from xqg_ray.storage import read_text  # storage sits beside config in the bottom layer
-
-        try:
-            loaded = yaml.safe_load(read_text(path))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data = read_yaml_mapping(path) if path else {}
+    source = path or "defaults"
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(data, key, value)

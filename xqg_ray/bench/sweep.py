@@ -48,7 +48,7 @@ from xqg_ray.bench.builds import (
 from xqg_ray.bench.harness import machine_info
 from xqg_ray.bench.load import HOST, healthz_floor, http_load, in_process
 from xqg_ray.bench.synthetic import synthetic_corpus
-from xqg_ray.config import RunConfig, load_config, parse_override, set_path
+from xqg_ray.config import RunConfig, load_config, parse_override, read_yaml_mapping, set_path
 from xqg_ray.errors import ConfigError
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
@@ -144,14 +144,7 @@ class SweepConfig(Strict):
 
 def load_sweep_config(path: str, overrides: list[str] | None = None) -> SweepConfig:
     """The sweep YAML with `key.path=value` overrides; errors name the file and the field."""
-    import yaml
-
-    from xqg_ray.storage import read_text
-
-    try:
-        data = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml_mapping(path)
     for item in overrides or []:
         set_path(data, *parse_override(item))
     return validate(SweepConfig, data, f"{path}: invalid sweep config")
