@@ -37,6 +37,7 @@ from xqg_ray.datasets.xquad import load_xquad
 from xqg_ray.models.device import resolve_device
 from xqg_ray.models.encoder import Encoder, load_encoder, resolve_encoder_engines
 from xqg_ray.models.engine_choice import BATCH, SINGLE, choice_facts
+from xqg_ray.research.latency import summary_ms
 
 MIN_COSINE = 0.999
 EXPANDED_TOKENS = 512
@@ -116,12 +117,8 @@ def single_latency(encoder: Encoder, queries: list[str], device: torch.device) -
         start = time.perf_counter()
         encoder.encode_queries([text])
         synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    ordered = sorted(seconds)
-    return {
-        "p50_ms": statistics.median(seconds) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
-    }
+        seconds.append(1000 * (time.perf_counter() - start))
+    return summary_ms(seconds)
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -77,8 +77,8 @@ XLMR_BASE = {
 }
 XLMR_SMALL = {**MBERT_SMALL}
 ENGINE_PACKAGES = ("ctranslate2", "onnxruntime", "onnx", "onnxscript")
-GENERATION_GOAL = 3.5  # mT5-base, CPU, CTranslate2 int8 against HF generate fp32 (issue 10)
-ENCODING_GOAL = 2.0  # mBERT-base, CPU, fastest engine against torch fp32 (issue 10)
+GENERATION_GOAL = 3.5  # target: mT5-base, CPU, CTranslate2 int8 against HF generate fp32
+ENCODING_GOAL = 2.0  # target: mBERT-base, CPU, fastest engine against torch fp32
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ def run(plan: Plan, device: torch.device, log=print) -> dict:
 
 
 def goals(generation: list[dict], encoding: list[dict], device: torch.device) -> dict:
-    """Issue 10's CPU goals, where this run measured the rows they name."""
+    """The engine targets on the CPU (README "Engines"), where this run measured their rows."""
     if device.type != "cpu":
         return {}
 

@@ -30,7 +30,7 @@ no matmul unit runs them). With d = d_model, a = heads * d_kv (attention width),
   Tokens/s counts the n * m generated tokens.
 
 Fraction of peak = achieved FLOP/s / the GPU's dense bf16 peak (table below, or `--peak-tflops`);
-on the CPU only achieved GFLOP/s are reported. Goals (issue 5): generation at least 3x the naive
+on the CPU only achieved GFLOP/s are reported. Goals: generation at least 3x the naive
 way, encoding at least 50 % of the bf16 peak.
 
     python -m xqg_ray.bench.gpu_models --out results/gpu_models.json          # GPU, full shapes

@@ -29,16 +29,27 @@ class EngineSpec:
 
 
 @cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports (empty elsewhere: no bf16 then, the safe side)."""
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags as Linux reports them (empty elsewhere: no bf16
+    then, the safe side); read once per process."""
+    model, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if model and flags:
+                    break
     except OSError:
         pass
-    return frozenset()
+    return model, flags
+
+
+def cpu_flags() -> frozenset[str]:
+    return _cpuinfo()[1]
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -58,11 +69,5 @@ def auto_engines(device: torch.device, onnxruntime_installed: bool) -> dict[str,
 def choice_facts() -> dict[str, object]:
     """What the choice was made on, recorded beside it: the CPU and its bf16-relevant flags."""
     flags = cpu_flags()
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in handle if "model name" in ln), "")
-    except OSError:
-        pass
     shown = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {"cpu": cpu, "flags": [flag for flag in shown if flag in flags]}
+    return {"cpu": _cpuinfo()[0], "flags": [flag for flag in shown if flag in flags]}

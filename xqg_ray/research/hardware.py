@@ -7,20 +7,15 @@ import os
 import platform
 from functools import cache
 
+from xqg_ray.models.engine_choice import choice_facts
+
 
 @cache
 def hardware_label() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    facts = choice_facts()
+    cpu = facts["cpu"] or platform.processor() or platform.machine()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from xqg_ray.models.engine_choice import choice_facts
-
-    flags = " ".join(choice_facts()["flags"]) or "none of avx2/avx512/amx reported"
+    flags = " ".join(facts["flags"]) or "none of avx2/avx512/amx reported"
     label = f"{cpus} CPUs ({cpu}; flags {flags})"
     import torch
 
