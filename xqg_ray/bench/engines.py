@@ -494,7 +494,7 @@ def run(plan: Plan, device: torch.device, log=print) -> dict:
 
 
 def goals(generation: list[dict], encoding: list[dict], device: torch.device) -> dict:
-    """The engine targets on the CPU (README "Engines"), where this run measured their rows."""
+    """The engine targets on the CPU (docs/benchmarks.md), where this run measured their rows."""
     if device.type != "cpu":
         return {}
 
