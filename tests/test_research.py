@@ -30,6 +30,7 @@ from xqg_ray.research.cost import (
     word_windows,
 )
 from xqg_ray.research.latency import measure_query_cost
+from xqg_ray.research.literature import LAREQA_MBERT, xquad_r_section
 from xqg_ray.research.report import opening, write_report
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.roles import run_roles
@@ -234,6 +235,36 @@ def test_caveats_name_the_standin_bound_and_the_official_generators_languages():
     assert "(ar bn fi ja ko ru te)" in official and "only ar, ru are among them" in official
     evaluation["config"]["generator"] = {"backend": "hf", "model": "my/mt5"}
     assert generator_caveats(evaluation) == []
+
+
+def test_xquad_r_section_sets_the_run_beside_lareqa_and_only_for_xquad_r():
+    effect = {"value": 0.61, "delta": 0.02, "p": 0.01, "ci": [0.01, 0.03], "n": 400}
+    rows = {
+        "dense": {"effect": {"mAP@20": {**effect, "value": 0.59, "delta": 0.0, "p": None}}},
+        "xqg (published)": {"effect": {"mAP@20": effect}},
+        "expand": {"effect": None},  # not evaluated: no row, never a made-up cell
+    }
+    evaluation = {
+        "config": {"dataset": {"name": "xquad_r"}, "generator": {"languages": ["de", "en"]}},
+        "measures": ["mAP@20", "R@1"],
+        "judged_queries": 800,
+        "passages": 2400,
+        "encoder": "multilingual-e5-small",
+    }
+    text = "\n".join(xquad_r_section(rows, evaluation))
+    assert "| this run: `dense` | multilingual-e5-small | 0.590 |" in text
+    assert (
+        "| this run: `xqg (published)` | multilingual-e5-small | 0.610 (+0.020 [+0.010, +0.030]"
+        in text
+    )
+    assert "`expand`" not in text.split("Source of")[0]
+    published = [line for line in text.splitlines() if line.startswith("| LAReQA: mBERT")]
+    assert [line.split(" | ")[2] for line in published] == [
+        f"{row.value:.2f} (published mAP)" for row in LAREQA_MBERT
+    ]
+    assert "2,400 answer sentences in 2 languages" in text and "at most the full mAP" in text
+    evaluation["config"]["dataset"]["name"] = "xquad"
+    assert xquad_r_section(rows, evaluation) == []
 
 
 def test_latency_probe_and_report(run, tmp_path, monkeypatch):

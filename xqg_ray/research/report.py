@@ -20,7 +20,7 @@ from xqg_ray.config import STRATEGIES
 from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
-from xqg_ray.research import answer, caveats
+from xqg_ray.research import answer, caveats, literature
 from xqg_ray.storage import (
     exists,
     join,
@@ -499,6 +499,7 @@ def write_report(root: str, experiment: str) -> str:
         )
         lines += ["", "![effectiveness against indexing cost](tradeoff.png)"]
     lines += ["", "## Effectiveness on test", "", answer.effect_table(table, measures), ""]
+    lines += literature.xquad_r_section(table, evaluation)
     if cost:
         lines += ["## Indexing cost (real architectures, random weights)", ""]
         primary = answer.primary_encoder(cost, evaluation)
