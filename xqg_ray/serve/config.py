@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from xqg_ray.config import EncoderConfig
 from xqg_ray.strict import Strict
@@ -124,6 +124,22 @@ class ServeConfig(Strict):
         description="How long a batch waits to fill before it runs (0: batches form from the "
         "requests that queue while the previous batch runs, no added latency).",
     )
+    max_queued_requests: int = Field(
+        default=16,
+        ge=-1,
+        description="Load shedding: search requests one router replica holds at once (being "
+        "answered or waiting for a batch). More are answered at once with HTTP 503 and a "
+        "`Retry-After` header instead of waiting (Serve's `max_queued_requests` bounds the "
+        "HTTP proxy's own queue for the router too, 1,000 higher, as a backstop). Raise it to "
+        "shed less at the cost of longer waits under load (a request waits about this many "
+        "divided by the QPS the service answers); -1: no limit (requests queue without bound, "
+        "as before).",
+    )
+    retry_after_s: int = Field(
+        default=1,
+        ge=0,
+        description="Seconds a shed request's 503 tells the client to wait (`Retry-After`).",
+    )
     shard_timeout_s: float = Field(
         default=10.0, gt=0, description="A shard that has not answered by then counts as missing."
     )
@@ -149,3 +165,10 @@ class ServeConfig(Strict):
     )
     auth_token_file: str = Field(default="", description="Path of a file holding a bearer token.")
     limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _shedding_limit(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 would refuse every search: use -1 (no limit) or at least 1")
+        return value

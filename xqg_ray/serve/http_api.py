@@ -2,7 +2,9 @@
 
 Built per router replica (`build_api(router)`), so limits and the token come from that
 replica's configuration. Every failure a client can cause is a 4xx with a message saying what is
-wrong; a service that cannot answer completely says so (503, or `partial` in the answer).
+wrong; a service that cannot answer completely says so (503, or `partial` in the answer). A
+replica already holding its share of search requests sheds more at once (503 with `Retry-After`,
+`LoadShedder`) instead of letting them queue without bound.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503)
 }
 ROUTES = ["/search", "/search_vectors", "/healthz", "/stats"]
+SEARCH_ROUTES = frozenset(["/search", "/search_vectors"])
 
 
 class ServiceUnavailable(XqgError):
@@ -53,6 +56,7 @@ class Router(Protocol):
     limits: Limits
     token: str | None
     stats: ServiceStats
+    shedding: Shedding | None
 
     async def search_texts(self, queries: list[str], k: int, include_text: bool) -> dict: ...
 
@@ -96,6 +100,55 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class Shedding:
+    """At most `limit` search requests held by a router replica at once (being answered or
+    waiting); the rest are answered 503 at once, with `Retry-After`."""
+
+    def __init__(self, limit: int, retry_after_s: int):
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.detail = (
+            f"the service is overloaded: this replica already holds {limit} search requests "
+            f"(max_queued_requests); retry after {retry_after_s} s, or raise "
+            "max_queued_requests (longer waits under load) or add router replicas and CPUs"
+        )
+
+
+class LoadShedder:
+    """ASGI middleware: a search request that finds `shedding.limit` others in this replica is
+    answered 503 in the API's JSON error shape with `Retry-After`, before its body is read, so
+    an overload is refused in about a millisecond instead of queueing without bound. /healthz
+    and /stats are never shed (health checks must answer under load)."""
+
+    def __init__(self, app: Any, shedding: Shedding):
+        self.app = app
+        self.shedding = shedding
+        self.holding = 0  # search requests in this replica now
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _route(scope) not in SEARCH_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        if self.holding >= self.shedding.limit:
+            headers = {"Retry-After": str(self.shedding.retry_after_s)}
+            await _error(503, self.shedding.detail, headers=headers)(scope, receive, send)
+            return
+        self.holding += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.holding -= 1
+
+
+def _route(scope: dict) -> str:
+    """The request's path below the application's route prefix."""
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
 class RequestRecorder:
     """ASGI middleware: records each request's status and latency per route for /stats."""
 
@@ -121,15 +174,13 @@ class RequestRecorder:
             await self.app(scope, receive, send_recording)
         finally:
             self.stats.in_flight -= 1
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :] or "/"
-            self.stats.record(path, status, (time.perf_counter() - started) * 1000)
+            self.stats.record(_route(scope), status, (time.perf_counter() - started) * 1000)
 
 
-def _error(status: int, detail: Any, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": detail, **extra}, status_code=status)
+def _error(
+    status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
 def build_api(router: Router) -> FastAPI:
@@ -143,6 +194,8 @@ def build_api(router: Router) -> FastAPI:
         docs_url="/docs" if open_docs else None,
         redoc_url=None,
     )
+    if router.shedding is not None:  # innermost of the three: shed requests are recorded
+        api.add_middleware(LoadShedder, shedding=router.shedding)
     api.add_middleware(RequestRecorder, stats=router.stats)
     api.add_middleware(BodyLimit, limit=router.limits.max_body_bytes)  # 413 before parsing
 

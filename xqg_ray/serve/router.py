@@ -34,7 +34,13 @@ from xqg_ray.index.shard_cache import load_entry_map_cached
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.corpus import PassageLookup, passage_table
 from xqg_ray.serve.deployments import DEFAULT_MAX_BATCH, SHUTDOWN_S, ShardGroup, TextEncoder
-from xqg_ray.serve.http_api import ROUTES, NotSupported, ServiceUnavailable, build_api
+from xqg_ray.serve.http_api import (
+    ROUTES,
+    NotSupported,
+    ServiceUnavailable,
+    Shedding,
+    build_api,
+)
 from xqg_ray.serve.stats import ServiceStats
 
 logger = logging.getLogger("ray.serve")
@@ -61,6 +67,13 @@ def resolve_token(cfg: ServeConfig) -> str | None:
 
 async def _call(method, *args):
     return await method.remote(*args)
+
+
+def shedding_of(cfg: ServeConfig) -> Shedding | None:
+    """A router replica's load shedding; None when its queue is unbounded (-1)."""
+    if cfg.max_queued_requests < 0:
+        return None
+    return Shedding(cfg.max_queued_requests, cfg.retry_after_s)
 
 
 def threads_for_router(cfg: ServeConfig) -> int:
@@ -116,6 +129,7 @@ class SearchRouter:
             method.set_max_batch_size(self.cfg.max_batch_size)
             method.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.stats = ServiceStats(ROUTES)
+        self.shedding = shedding_of(self.cfg)
 
     def __serve_build_asgi_app__(self):
         return build_api(self)
