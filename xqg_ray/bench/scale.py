@@ -103,6 +103,19 @@ def _proc_table() -> dict[int, tuple[int, str, int]]:
     return table
 
 
+def descendants(root: int, table: dict[int, tuple[int, str, int]] | None = None) -> set[int]:
+    """The pids below `root` in the process tree (children, grandchildren, ...): a driver's Ray
+    processes, found without Ray's state API (which needs the dashboard)."""
+    table = _proc_table() if table is None else table
+    mine = {root}
+    grew = True
+    while grew:
+        found = {pid for pid, (parent, _, _) in table.items() if parent in mine}
+        grew = not found <= mine
+        mine |= found
+    return mine - {root}
+
+
 class WorkerPeak:
     """Polls this process's descendants that are Ray workers (`ray::...`) and keeps the largest
     resident set seen (Linux /proc); the driver's own peak comes from getrusage."""
@@ -126,13 +139,7 @@ class WorkerPeak:
         me = os.getpid()
         while not self._stop.wait(self.interval):
             table = _proc_table()
-            mine = {me}
-            grew = True
-            while grew:
-                found = {pid for pid, (parent, _, _) in table.items() if parent in mine}
-                grew = not found <= mine
-                mine |= found
-            for pid in mine - {me}:
+            for pid in descendants(me, table):
                 _, command, rss = table[pid]
                 if command.startswith("ray::") and rss > self.peak:
                     self.peak, self.peak_name = rss, command
@@ -286,17 +293,30 @@ def start_s3() -> tuple[subprocess.Popen, str]:
 # --- the driver of the benchmark -----------------------------------------------------------------
 
 
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The options `scale_run_config` reads, shared with the scripts that rerun this build."""
+    parser.add_argument("--passages-per-part", type=int, default=0, help="0: size / 32")
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--nlist", type=int, default=256)
+    parser.add_argument("--cpus", type=int, default=2)
+
+
+def pipeline_flags(args: argparse.Namespace) -> list[str]:
+    """`add_pipeline_options`' values as command-line flags, for a child driver."""
+    return [
+        "--passages-per-part", str(args.passages_per_part), "--shards", str(args.shards),
+        "--dim", str(args.dim), "--nlist", str(args.nlist), "--cpus", str(args.cpus),
+    ]  # fmt: skip
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000,40000", help="passages, comma separated")
     parser.add_argument("--s3", action="store_true", help="run roots on a loopback moto S3")
     parser.add_argument("--out", default="runs/bench/scale.json")
     parser.add_argument("--workdir", default="runs/bench/scale")
-    parser.add_argument("--passages-per-part", type=int, default=0, help="0: size / 32")
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--nlist", type=int, default=256)
-    parser.add_argument("--cpus", type=int, default=2)
+    add_pipeline_options(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
@@ -330,8 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             command = [
                 sys.executable, "-m", "xqg_ray.bench.scale", "--child", "--size", str(size),
                 "--root", root, "--corpus", json.dumps(corpus), "--s3-endpoint", endpoint,
-                "--passages-per-part", str(args.passages_per_part), "--shards", str(args.shards),
-                "--dim", str(args.dim), "--nlist", str(args.nlist), "--cpus", str(args.cpus),
+                *pipeline_flags(args),
             ]  # fmt: skip
             child = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             lines = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
