@@ -107,31 +107,31 @@ def run_child(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     start_ray(num_cpus=args.num_cpus)
     port = int(os.environ["XQG_BENCH_PORT"])
-    serve.start(http_options={"host": HOST, "port": port})
-    router_cpus = ServeConfig(index="x").router_num_cpus
-    apps = {"floor": floor_app(0, {"router": router_cpus, "shard": 0.25})}
-    for system, url in (("service 1 shard", args.index1), ("service 4 shards", args.index4)):
-        apps[system] = build_app(ServeConfig(index=url, port=port))
-    serve.run_many(
-        [
-            serve.RunTarget(app, name=APPS[system].strip("/"), route_prefix=APPS[system])
-            for system, app in apps.items()
-        ]
-    )
-    startup_s = time.perf_counter() - started
-    paths = {"ingress": {s: f"http://{HOST}:{port}{p}" for s, p in APPS.items()}}
-    direct = {s: replica_ports(APPS[s].strip("/")) for s in APPS}
-    if all(direct.values()):
-        paths["replica"] = {s: f"http://{HOST}:{direct[s][0]}{APPS[s]}" for s in APPS}
-    roles = {port: "service", **{p: "direct ingress" for ports in direct.values() for p in ports}}
-    for name in ("STATS", "METRICS"):
-        if f"RAY_SERVE_HAPROXY_{name}_PORT" in os.environ:
-            roles[int(os.environ[f"RAY_SERVE_HAPROXY_{name}_PORT"])] = f"haproxy {name.lower()}"
-    opened = listening_sockets() - before
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((args.requests, args.dim)).astype(np.float32)
     rows = []
     try:
+        serve.start(http_options={"host": HOST, "port": port})
+        router_cpus = ServeConfig(index="x").router_num_cpus
+        apps = {"floor": floor_app(0, {"router": router_cpus, "shard": 0.25})}
+        for system, url in (("service 1 shard", args.index1), ("service 4 shards", args.index4)):
+            apps[system] = build_app(ServeConfig(index=url, port=port))
+        serve.run_many(
+            [
+                serve.RunTarget(app, name=APPS[system].strip("/"), route_prefix=APPS[system])
+                for system, app in apps.items()
+            ]
+        )
+        startup_s = time.perf_counter() - started
+        paths = {"ingress": {s: f"http://{HOST}:{port}{p}" for s, p in APPS.items()}}
+        direct = {s: replica_ports(APPS[s].strip("/")) for s in APPS}
+        if all(direct.values()):
+            paths["replica"] = {s: f"http://{HOST}:{direct[s][0]}{APPS[s]}" for s in APPS}
+        roles = {port: "service"} | {p: "direct ingress" for ps in direct.values() for p in ps}
+        for name in ("STATS", "METRICS"):
+            if f"RAY_SERVE_HAPROXY_{name}_PORT" in os.environ:
+                roles[int(os.environ[f"RAY_SERVE_HAPROXY_{name}_PORT"])] = f"haproxy {name.lower()}"
+        opened = listening_sockets() - before
+        rng = np.random.default_rng(1)
+        queries = rng.standard_normal((args.requests, args.dim)).astype(np.float32)
         for path, urls in paths.items():
             for system, base in urls.items():
                 url = base + "/search_vectors"
@@ -168,7 +168,7 @@ def run_child(args: argparse.Namespace) -> dict:
 # ---- parent: alternate modes in child processes, summarise -------------------------------------
 
 
-def mode_env(mode: str, workdir: str) -> dict[str, str]:
+def mode_env(mode: str) -> dict[str, str]:
     """The child's environment: ours, the mode's variables and free ports for its listeners."""
     from xqg_ray.serve.local import free_port
 
@@ -180,7 +180,7 @@ def mode_env(mode: str, workdir: str) -> dict[str, str]:
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         # HAProxy caps socket paths at 97 characters, and Serve adds the 56-character node id
-        base = tempfile.mkdtemp(prefix="hap-", dir=workdir if len(workdir) < 24 else "/tmp")
+        base = tempfile.mkdtemp(prefix="hap-", dir="/tmp")
         env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = os.path.join(base, "haproxy.cfg")
         env["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(base, "admin.sock")
         env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = base
@@ -198,22 +198,22 @@ def run_mode(mode: str, repeat: int, args: argparse.Namespace, indexes: dict, wo
     cmd += ["--concurrency", ",".join(map(str, args.concurrency))]
     load_before = list(os.getloadavg())
     begin = time.perf_counter()
-    env = mode_env(mode, workdir)
-    proc = subprocess.run(
-        cmd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=args.child_timeout_s,
-        check=False,
-    )
-    child = {"mode": mode, "repeat": repeat, "load_average_before": load_before}
+    env = mode_env(mode)
+    child: dict = {"mode": mode, "repeat": repeat, "load_average_before": load_before}
+    try:
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout_s, check=False
+        )
+        failure = "" if proc.returncode == 0 else (proc.stderr or proc.stdout)[-3000:]
+    except subprocess.TimeoutExpired:
+        failure = f"timed out after {args.child_timeout_s:g} s"
+    finally:
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
     child["load_average_after"] = list(os.getloadavg())
     child["wall_s"] = round(time.perf_counter() - begin, 1)
-    if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:
-        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
-    if proc.returncode != 0 or not os.path.exists(out):
-        child["error"] = (proc.stderr or proc.stdout)[-3000:]
+    if failure or not os.path.exists(out):
+        child["error"] = failure or "the child wrote no result"
         return child
     child.update(json.loads(Path(out).read_text()))
     return child
