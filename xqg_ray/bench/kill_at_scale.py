@@ -153,11 +153,20 @@ def stage_tables(cfg: Any) -> dict[str, list[str]]:
     }
 
 
+def fresh_listings(root: str) -> None:
+    """Forget the listings this process cached for `root`'s filesystem: s3fs answers `ls` and
+    `info` from its listing cache, which never sees the objects other processes write since."""
+    from xqg_ray.storage import url_to_fs
+
+    url_to_fs(root)[0].invalidate_cache()
+
+
 def finished_parts(cfg: Any) -> dict[str, int]:
     """Per part stage, the parts committed with their record in every table the stage writes:
     what a rerun keeps (`run_stage` recomputes the rest)."""
     from xqg_ray.storage import PartitionedTable
 
+    fresh_listings(cfg.root)
     return {
         stage: len(set.intersection(*(set(PartitionedTable(u).recorded_parts()) for u in urls)))
         for stage, urls in stage_tables(cfg).items()
@@ -238,6 +247,7 @@ def digest_root(root: str) -> dict[str, Any]:
     manifests name that do not match the file they name (should be none)."""
     from xqg_ray.storage import url_to_fs
 
+    fresh_listings(root)
     fs, path = url_to_fs(root)
     base = path.rstrip("/")
     files: dict[str, str] = {}
@@ -474,7 +484,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     saved = {key: os.environ.get(key) for key in S3_ENV}
     server = start_s3()[0] if "s3" in storages else None
     corpora: dict[int, dict] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    results = {
+        "benchmark": "kill_at_scale",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "note": "hashing encoder and template generator (scale stand-ins): pipeline cost only",
+        "machine": machine_info(),
+        "kill_at": args.kill_at,
+        "runs": rows,
+    }
     try:
         for name in storages:
             size = args.s3_size if name == "s3" and args.s3_size else args.size
@@ -489,20 +508,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for run in runs:
                 rows.append({"storage": name, "size": size, **run})
                 print(summary_row(rows[-1]), flush=True)
+                write_results(args.out, results)  # so far: a later failure keeps these
     finally:
         if server is not None:
             server.terminate()
             server.wait()
             restore_env(saved)
-    results = {
-        "benchmark": "kill_at_scale",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "note": "hashing encoder and template generator (scale stand-ins): pipeline cost only",
-        "machine": machine_info(),
-        "kill_at": args.kill_at,
-        "runs": rows,
-    }
+    results["machine"] = machine_info()  # the load average at the end
     print(report_table(rows))
     write_results(args.out, results)
     return results
