@@ -56,6 +56,26 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def worker_threads(resources: StageResources, ray_cfg: RayConfig, workers: int) -> int:
+    """Threads per worker: `threads` when set, else the stage's share of the machine. Stages
+    run one at a time, so on one machine (no Ray, or a one-node Ray) its CPUs are split among
+    the pool's `workers`: one actor reserving one of two CPUs ran mT5 generation at 0.61x the
+    engine on both (`bench/pipeline_share.py`, idle machine). On a multi-node cluster, where Ray
+    may pack actors onto one node, each keeps what it reserves (`num_cpus`)."""
+    if resources.threads:
+        return resources.threads
+    reserved = max(1, int(resources.num_cpus))
+    if ray_cfg.enabled:
+        import ray
+
+        if sum(1 for node in ray.nodes() if node["Alive"]) != 1:
+            return reserved
+        cpus = int(ray.cluster_resources().get("CPU", reserved))
+    else:
+        cpus = ray_cfg.num_cpus or len(os.sched_getaffinity(0))
+    return max(reserved, cpus // max(1, workers))
+
+
 def loads_model(factory: Callable[[], PartTask]) -> bool:
     """Whether a task is worth an actor: one that loads a model sets `loads_model = True`."""
     target = factory.func if isinstance(factory, functools.partial) else factory
@@ -132,8 +152,8 @@ def run_parts(
     """Run `factory()`'s task over `pending` parts; returns one stats row per part."""
     if not pending:
         return []
-    threads = resources.threads or max(1, int(resources.num_cpus))
     if not ray_cfg.enabled:
+        threads = worker_threads(resources, ray_cfg, 1)
         set_threads(threads)
         worker = PartWorker(factory, threads)
         from tqdm.auto import tqdm
@@ -148,6 +168,8 @@ def run_parts(
 
     ensure_ray(ray_cfg)
     check_resources(name, resources)
+    actors = min(resources.actors, len(pending))
+    threads = worker_threads(resources, ray_cfg, actors)
     dataset = ray.data.from_items(
         [{"part": part} for part in pending], override_num_blocks=len(pending)
     )
@@ -159,7 +181,7 @@ def run_parts(
             PartWorker,
             fn_constructor_kwargs={"factory": factory, "threads": threads},
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(pending))),
+            compute=ray.data.ActorPoolStrategy(size=actors),
             **remote_args,
         )
     else:
