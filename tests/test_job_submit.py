@@ -11,13 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import tiny_run_config
 
+from xqg_ray.config import load_config
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.serve.local import free_port
+from xqg_ray.stages.roles import run_roles
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -160,3 +163,38 @@ def test_job_with_a_bad_config_fails_with_the_field_named(head, tmp_path):
     done = submit(address, env, "python", "jobs/build_index.py", "--config", str(bad))
     assert done.returncode != 0
     assert "augment.strategies" in done.stdout + done.stderr
+
+
+def test_shipped_xquad_r_config_builds_and_evaluates_under_ray_job_submit(
+    head, tiny_models, shared_data, tmp_path
+):
+    """jobs/configs/evaluate-xquad-r.yaml as shipped (dev/test split, mAP@20 tuning, all four
+    strategies), cut to 3 paragraph groups in de + en with the tiny BERT via `--set`."""
+    address, env = head
+    root = tmp_path / "run"
+    overrides = [
+        f"root={root}",
+        f"encoder.model={tiny_models['bert']}",
+        f"dataset.data_dir={shared_data / 'xquad-r'}",
+        "dataset.languages=[de, en]",
+        "dataset.max_passages=3",
+        "generator.languages=[de, en]",
+        "stages.encode.num_cpus=0.5",
+        "ray.progress_bars=false",
+    ]
+    config = ["--config", "jobs/configs/evaluate-xquad-r.yaml"]
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    for job in ("jobs/build_index.py", "jobs/evaluate.py"):
+        done = submit(address, env, "python", job, *config, *sets)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = Path(RunPaths(str(root)).results("xquad-r-pool"))
+    evaluation = json.loads((results / "evaluation.json").read_text())
+    assert evaluation["measures"][0] == "mAP@20"
+    assert set(evaluation["strategies"]) == {"dense", "xqg", "expand", "multivector"}
+    tuning = json.loads((results / "xqg_tuning.json").read_text())
+    assert tuning["measure"] == "mAP@20" and tuning["dev_queries"] > 0
+    # every scored query is a test query: dev groups choose alpha, generation groups stand in
+    roles = run_roles(load_config("jobs/configs/evaluate-xquad-r.yaml", overrides))
+    scored = set(pq.read_table(results / "per_query.parquet")["qid"].to_pylist())
+    assert scored and {roles[qid] for qid in scored} == {"test"}
+    assert "## XQuAD-R beside LAReQA" in (results / "report.md").read_text()
