@@ -16,10 +16,32 @@ previous (killed) run committed: nothing is read back to finalise a table.
 
 S3 endpoints and credentials come from the usual AWS environment (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, ...), so a MinIO or moto server works without code changes.
+
+S3 faults (docs/reliability.md, "Faults in S3"). Every s3:// filesystem this module opens retries
+transient failures (HTTP 5xx, `SlowDown` and other throttling, reset or refused connections,
+timeouts) inside botocore, with backoff and jitter, set by the standard AWS variables:
+
+- `AWS_MAX_ATTEMPTS`: attempts per request, the first included (default here: 10, botocore's own
+  is 5 in legacy mode and 3 in standard mode);
+- `AWS_RETRY_MODE`: `standard` (default here: exponential backoff with jitter, at most 20 s
+  between attempts), `adaptive` (standard plus a client-side rate limiter that slows down after
+  throttling), or `legacy`.
+
+s3fs adds `S3FS_ROUNDS` (2) rounds of its own around them (they also cover a body cut mid-read,
+which botocore leaves to its caller); connect and read timeouts are s3fs's (5 s and 15 s). When
+a request still fails, the error is a `StorageError` that names the object's URL and says to
+rerun (committed parts are kept) or raise `AWS_MAX_ATTEMPTS`. Like the credentials, the
+variables must reach Ray's workers (a local Ray inherits the driver's environment).
+
+Uploads to S3 are verified: each object is sent with its Content-MD5 (S3 refuses a body that
+does not match), and the ETag S3 answers is compared with the MD5 of the bytes sent (where an
+ETag is an MD5: not under SSE-KMS or SSE-C). A mismatch is uploaded once more, then refused. So
+a part's record (its sha256) is only written after the part's own bytes are stored whole.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -28,6 +50,8 @@ import posixpath
 import re
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -35,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs as _url_to_fs
 
-from xqg_ray.errors import InputError, StorageError
+from xqg_ray.errors import ConfigError, InputError, StorageError, XqgError
 
 MANIFEST = "_manifest.json"
 PART_PATTERN = re.compile(r"^part-(?P<name>[A-Za-z0-9_.=-]+)\.parquet$")
@@ -45,13 +69,149 @@ _CHECKED_BUCKETS: set[str] = set()
 
 
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Filesystem and path for a URL; errors name the URL instead of a protocol internals."""
+    """Filesystem and path for a URL; errors name the URL instead of a protocol internals.
+
+    s3:// filesystems get this module's retry settings (`s3_settings`)."""
     if not url:
         raise StorageError("empty path or URL")
+    s3 = fsspec.core.split_protocol(url)[0] in S3_PROTOCOLS
+    options = _s3_options() if s3 else {}
     try:
-        return _url_to_fs(url)
+        fs, path = _url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:
         raise StorageError(f"{url}: cannot open this URL: {exc}") from exc
+    if s3:
+        fs.retries = S3FS_ROUNDS  # s3fs's rounds around botocore's attempts (an attribute only)
+    return fs, path
+
+
+# --- S3: retries, and errors that name the object and the setting ---
+
+S3_PROTOCOLS = ("s3", "s3a")
+S3_DEFAULT_MAX_ATTEMPTS = 10
+S3_DEFAULT_RETRY_MODE = "standard"
+S3FS_ROUNDS = 2
+VERIFIED_PUT_MAX_BYTES = 64 << 20  # objects up to this size go in one PUT with a Content-MD5
+_RETRY_MODES = ("standard", "adaptive", "legacy")
+# error codes of transient failures: worth a rerun (or more attempts), not a change of input
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "ServiceUnavailable",
+    "InternalError",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+}
+
+
+def s3_settings() -> dict[str, Any]:
+    """The retry settings of this process's S3 clients (module docstring), from the environment."""
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    try:
+        attempts = int(raw) if raw else S3_DEFAULT_MAX_ATTEMPTS
+    except ValueError:
+        attempts = 0
+    if attempts < 1:
+        raise ConfigError(f"AWS_MAX_ATTEMPTS={raw!r}: expected a whole number >= 1")
+    mode = os.environ.get("AWS_RETRY_MODE", "").strip() or S3_DEFAULT_RETRY_MODE
+    if mode not in _RETRY_MODES:
+        raise ConfigError(f"AWS_RETRY_MODE={mode!r}: expected one of {', '.join(_RETRY_MODES)}")
+    return {"max_attempts": attempts, "retry_mode": mode, "s3fs_rounds": S3FS_ROUNDS}
+
+
+def _s3_options() -> dict[str, Any]:
+    settings = s3_settings()
+    retries = {"max_attempts": settings["max_attempts"], "mode": settings["retry_mode"]}
+    # no listings cache: a process's cached listing never sees other processes' parts
+    return {"config_kwargs": {"retries": retries}, "use_listings_cache": False}
+
+
+def _client_error(exc: BaseException) -> Any:
+    """The botocore ClientError behind an exception (s3fs turns them into OSErrors), if any."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if hasattr(current, "response") and isinstance(current.response, dict):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A failure a retry may cure: a 5xx or throttling answer, a dropped connection, a timeout."""
+    import asyncio
+
+    try:
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
+        )
+        from botocore.exceptions import (
+            HTTPClientError,
+            IncompleteReadError,
+            ResponseStreamingError,
+        )
+    except ImportError:  # no botocore: no S3 either
+        return False
+    transport = (
+        BotoConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+        asyncio.TimeoutError,
+        ConnectionError,
+    )
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            break
+        if isinstance(current, transport):
+            return True
+        current = current.__cause__ or current.__context__
+    error = _client_error(exc)
+    if error is None:
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+
+
+def _describe(exc: BaseException) -> str:
+    error = _client_error(exc)
+    if error is not None:
+        details = error.response.get("Error", {})
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = details.get("Code", "?")
+        return f"{code} (HTTP {status}): {details.get('Message') or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failure(url: str, action: str, exc: BaseException) -> StorageError:
+    """The StorageError for an I/O failure; on S3, a transient one names the setting to raise."""
+    if not _is_transient(exc) or fsspec.core.split_protocol(url)[0] not in S3_PROTOCOLS:
+        return StorageError(f"{url}: cannot {action}: {exc}")
+    settings = s3_settings()
+    return StorageError(
+        f"{url}: cannot {action}: {_describe(exc)}; S3 still failed after "
+        f"{settings['max_attempts']} attempts per request ({settings['retry_mode']} retries): "
+        "rerun to resume (committed parts are kept), and if it persists raise AWS_MAX_ATTEMPTS "
+        f"(now {settings['max_attempts']}) or set AWS_RETRY_MODE=adaptive"
+    )
+
+
+@contextmanager
+def _io(url: str, action: str) -> Iterator[None]:
+    """I/O errors as StorageErrors naming `url` (FileNotFoundError passes: callers word it)."""
+    try:
+        yield
+    except (XqgError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or _is_transient(exc):
+            raise _failure(url, action, exc) from exc
+        raise
 
 
 def protocol(url: str) -> str:
@@ -74,10 +234,8 @@ def join(url: str, *parts: str) -> str:
 
 def exists(url: str) -> bool:
     fs, path = url_to_fs(url)
-    try:
+    with _io(url, "check existence"):
         return fs.exists(path)
-    except (PermissionError, OSError) as exc:
-        raise StorageError(f"{url}: cannot check existence: {exc}") from exc
 
 
 def is_object_store(url: str) -> bool:
@@ -94,10 +252,8 @@ def _check_bucket(url: str) -> None:
     bucket = path.split("/", 1)[0]
     if f"{protocol(url)}://{bucket}" in _CHECKED_BUCKETS:
         return
-    try:
+    with _io(url, f"reach bucket {bucket!r}"):
         ok = fs.exists(bucket)
-    except (PermissionError, OSError) as exc:
-        raise StorageError(f"{url}: cannot reach bucket {bucket!r}: {exc}") from exc
     if not ok:
         raise StorageError(f"{url}: bucket {bucket!r} does not exist")
     _CHECKED_BUCKETS.add(f"{protocol(url)}://{bucket}")
@@ -106,12 +262,10 @@ def _check_bucket(url: str) -> None:
 def read_bytes(url: str) -> bytes:
     fs, path = url_to_fs(url)
     try:
-        with fs.open(path, "rb") as handle:
+        with _io(url, "read"), fs.open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError as exc:
         raise StorageError(f"{url}: no such file") from exc
-    except (PermissionError, OSError) as exc:
-        raise StorageError(f"{url}: cannot read: {exc}") from exc
 
 
 def read_text(url: str) -> str:
@@ -145,11 +299,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     _check_bucket(url)
     fs, path = url_to_fs(url)
     if is_object_store(url):
-        try:
-            with fs.open(path, "wb") as handle:
-                handle.write(data)
-        except (PermissionError, OSError) as exc:
-            raise StorageError(f"{url}: cannot write: {exc}") from exc
+        _put_object(fs, path, url, data)
         return
     parent = posixpath.dirname(path)
     tmp = _tmp_name(path)
@@ -172,10 +322,19 @@ def put_file_atomic(local_path: str, url: str) -> None:
     (a temporary sibling then a rename locally; one upload on object stores)."""
     _check_bucket(url)
     fs, path = url_to_fs(url)
-    try:
-        if is_object_store(url):
-            fs.put_file(local_path, path)
+    if is_object_store(url):
+        size = os.path.getsize(local_path)
+        if size <= VERIFIED_PUT_MAX_BYTES:
+            with open(local_path, "rb") as handle:
+                _put_object(fs, path, url, handle.read())
             return
+        with _io(url, "write"):
+            fs.put_file(local_path, path)
+            stored = fs.info(path).get("size")
+        if stored != size:
+            raise StorageError(f"{url}: stored {stored} bytes of {size}: rerun to upload it again")
+        return
+    try:
         parent = posixpath.dirname(path)
         if parent:
             fs.makedirs(parent, exist_ok=True)
@@ -188,6 +347,40 @@ def put_file_atomic(local_path: str, url: str) -> None:
             raise
     except (PermissionError, OSError) as exc:
         raise StorageError(f"{url}: cannot write: {exc}") from exc
+
+
+def _put_object(fs: fsspec.AbstractFileSystem, path: str, url: str, data: bytes) -> None:
+    """One PUT with its Content-MD5, and the answer's ETag checked against it (module docstring).
+
+    Objects over `VERIFIED_PUT_MAX_BYTES` go as multipart uploads, whose ETag is no MD5."""
+    md5 = hashlib.md5(data, usedforsecurity=False)
+    options: dict[str, Any] = {}
+    if len(data) <= VERIFIED_PUT_MAX_BYTES and protocol(url) in S3_PROTOCOLS:
+        options["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
+    etag = ""
+    for _ in range(2):
+        with _io(url, "write"):
+            answer = fs.pipe_file(path, data, **options)
+        etag = _md5_etag(answer)
+        if etag is None or etag == md5.hexdigest():
+            return
+    raise StorageError(
+        f"{url}: S3 stored other bytes than were sent, twice (ETag {etag}, MD5 sent "
+        f"{md5.hexdigest()}): check the endpoint (AWS_ENDPOINT_URL) and any proxy in between"
+    )
+
+
+def _md5_etag(answer: Any) -> str | None:
+    """The ETag of a PutObject answer where it is the body's MD5 (not under SSE-KMS or SSE-C)."""
+    if not isinstance(answer, dict) or not answer.get("ETag"):
+        return None
+    if (
+        answer.get("SSECustomerAlgorithm")
+        or answer.get("ServerSideEncryption", "AES256") != "AES256"
+    ):
+        return None
+    etag = str(answer["ETag"]).strip('"')
+    return None if "-" in etag else etag
 
 
 def write_text_atomic(url: str, text: str) -> None:
@@ -209,7 +402,7 @@ def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
 def sha256_of(url: str) -> str:
     fs, path = url_to_fs(url)
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
+    with _io(url, "read"), fs.open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -226,17 +419,18 @@ def local_copy(url: str, dest_dir: str | None = None) -> str:
             raise StorageError(f"{url}: no such file or directory")
         return path
     fs, path = url_to_fs(url)
-    if not fs.exists(path):
+    if not exists(url):
         raise StorageError(f"{url}: no such file or directory")
     dest_root = dest_dir or tempfile.mkdtemp(prefix="xqg-ray-")
     target = os.path.join(dest_root, posixpath.basename(path.rstrip("/")))
-    if fs.isdir(path):
-        fs.get(path.rstrip("/") + "/", target, recursive=True)
-    else:
-        os.makedirs(dest_root, exist_ok=True)
-        tmp = target + f".tmp-{uuid.uuid4().hex}"
-        fs.get(path, tmp)
-        os.replace(tmp, target)
+    with _io(url, "copy to local disk"):
+        if fs.isdir(path):
+            fs.get(path.rstrip("/") + "/", target, recursive=True)
+        else:
+            os.makedirs(dest_root, exist_ok=True)
+            tmp = target + f".tmp-{uuid.uuid4().hex}"
+            fs.get(path, tmp)
+            os.replace(tmp, target)
     return target
 
 
@@ -270,7 +464,8 @@ class PartitionedTable:
         """(part names, record names) from one listing of the table's folder."""
         fs, path = url_to_fs(self.url)
         try:
-            entries = fs.ls(path, detail=False) if fs.exists(path) else []
+            with _io(self.url, "list"):
+                entries = fs.ls(path, detail=False) if fs.exists(path) else []
         except FileNotFoundError:
             return set(), set()
         parts, records = set(), set()
@@ -382,9 +577,7 @@ class PartitionedTable:
             with fs.open(path, "rb") as handle:
                 return pq.ParquetFile(handle).metadata
         except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(
-                f"{url}: corrupt Parquet part ({exc}); delete this file and rerun to recompute it"
-            ) from exc
+            raise _unreadable_part(url, exc) from exc
 
     def read_part(self, name: str, columns: list[str] | None = None) -> pa.Table:
         url = self.part_url(name)
@@ -395,9 +588,7 @@ class PartitionedTable:
         except FileNotFoundError as exc:
             raise StorageError(f"{url}: part is missing") from exc
         except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(
-                f"{url}: corrupt Parquet part ({exc}); delete this file and rerun to recompute it"
-            ) from exc
+            raise _unreadable_part(url, exc) from exc
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """All parts in name order; a complete table reads exactly the parts its manifest lists."""
@@ -410,6 +601,15 @@ class PartitionedTable:
             return pa.concat_tables(tables, promote_options="default")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InputError(f"{self.url}: parts have incompatible schemas: {exc}") from exc
+
+
+def _unreadable_part(url: str, exc: BaseException) -> XqgError:
+    """A transient storage failure is worth a rerun; anything else means the part is corrupt."""
+    if _is_transient(exc):
+        return _failure(url, "read", exc)
+    return InputError(
+        f"{url}: corrupt Parquet part ({exc}); delete this file and rerun to recompute it"
+    )
 
 
 def write_table(
