@@ -240,7 +240,7 @@ def test_caveats_name_the_standin_bound_and_the_official_generators_languages():
 def test_xquad_r_section_sets_the_run_beside_lareqa_and_only_for_xquad_r():
     effect = {"value": 0.61, "delta": 0.02, "p": 0.01, "ci": [0.01, 0.03], "n": 400}
     rows = {
-        "dense": {"effect": {"mAP@20": {**effect, "value": 0.59, "delta": 0.0, "p": None}}},
+        "dense": {"effect": {"mAP@20": {**effect, "value": 0.59, "p": None, "n": None}}},
         "xqg (published)": {"effect": {"mAP@20": effect}},
         "expand": {"effect": None},  # not evaluated: no row, never a made-up cell
     }
@@ -252,7 +252,7 @@ def test_xquad_r_section_sets_the_run_beside_lareqa_and_only_for_xquad_r():
         "encoder": "multilingual-e5-small",
     }
     text = "\n".join(xquad_r_section(rows, evaluation))
-    assert "| this run: `dense` | multilingual-e5-small | 0.590 |" in text
+    assert "| this run: `dense` | multilingual-e5-small | 0.590 | test split (400 question" in text
     assert (
         "| this run: `xqg (published)` | multilingual-e5-small | 0.610 (+0.020 [+0.010, +0.030]"
         in text

@@ -67,9 +67,7 @@ def test_each_fault_on_a_write_and_a_read_is_retried(kind, proxy, bucket, s3_ser
         assert stats["retried"] >= 4 and stats["recovered"] == 2
 
 
-def test_cut_upload_is_sent_again_and_the_record_matches_the_stored_bytes(
-    proxy, bucket, s3_server
-):
+def test_cut_upload_is_sent_again_and_the_record_matches_the_stored_bytes(proxy, bucket, s3_server):
     table = PartitionedTable(f"s3://{bucket}/table")
     rows = pa.table({"pid": list(range(5000)), "text": [f"passage {i}" * 20 for i in range(5000)]})
     storage.exists(table.url)

@@ -57,8 +57,10 @@ def xquad_r_section(
         f"| system | encoder | {XQUAD_R_MEASURE} (Δ dense [CI], p) | questions scored |",
         "|---|---|---|---|",
     ]
-    for name, row in rows.items():
-        effect = (row["effect"] or {}).get(XQUAD_R_MEASURE)
+    effects = {name: (row["effect"] or {}).get(XQUAD_R_MEASURE) for name, row in rows.items()}
+    # the baseline has no paired test of its own: its groups are those its deltas were tested on
+    groups = max((effect.get("n") or 0 for effect in effects.values() if effect), default=0)
+    for name, effect in effects.items():
         if not effect:
             continue
         cell = f"{effect['value']:.3f}"
@@ -66,7 +68,7 @@ def xquad_r_section(
             cell += f" ({delta_text(effect['delta'], effect)})"
         lines.append(
             f"| this run: `{name}` | {evaluation['encoder']} | {cell} | test split "
-            f"({effect.get('n') or '?'} question groups) |"
+            f"({effect.get('n') or groups or '?'} question groups) |"
         )
     for published in LAREQA_MBERT:
         lines.append(
