@@ -11,10 +11,10 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.models import generator as generator_module
 from xqg_ray.models.generator import (
     HFGenerator,
-    build_prompt,
     load_generator,
     register_generator,
 )
+from xqg_ray.models.prompts import build_prompt
 
 TITLES = ["Super Bowl 50", "Warschau", "北京"]
 TEXTS = [

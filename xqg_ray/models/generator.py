@@ -22,7 +22,6 @@ from transformers import AutoModelForSeq2SeqLM, LogitsProcessorList
 
 from xqg_ray.config import GeneratorConfig
 from xqg_ray.errors import ConfigError, ModelError
-from xqg_ray.languages import language_name
 from xqg_ray.models import ct2, vocabulary
 from xqg_ray.models.device import resolve_device, resolve_dtype
 from xqg_ray.models.loading import (
@@ -31,6 +30,7 @@ from xqg_ray.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from xqg_ray.models.prompts import build_prompt, prompts_for
 from xqg_ray.models.vocabulary import AllowedTokensLogitsProcessor
 
 
@@ -43,17 +43,6 @@ class Generator(Protocol):
     ) -> list[list[str]]:
         """For each passage, its generated queries in `language` (ISO 639-1), in order."""
         ...
-
-
-def build_prompt(template: str, language: str, title: str, passage: str) -> str:
-    """The generator input: the template filled with the language's English name."""
-    try:
-        return template.format(language=language_name(language), title=title, passage=passage)
-    except (KeyError, IndexError) as exc:
-        raise ConfigError(
-            f"generator.prompt {template!r}: only {{language}}, {{title}} and {{passage}} "
-            f"may appear in braces (got {exc})"
-        ) from exc
 
 
 class HFGenerator:
@@ -91,7 +80,7 @@ class HFGenerator:
         self, titles: Sequence[str], texts: Sequence[str], language: str
     ) -> list[list[list[int]]]:
         """For each passage, the token ids of its n queries (no decoder start, EOS or padding)."""
-        prompts = _prompts(self.cfg, titles, texts, language)
+        prompts = prompts_for(self.cfg, titles, texts, language)
         n = self.cfg.queries_per_language
         results: list[list[list[int]]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -204,7 +193,7 @@ class CT2Generator:
         """For each passage, the token ids of its n queries (no decoder start, EOS or padding)."""
         import ctranslate2
 
-        prompts = _prompts(self.cfg, titles, texts, language)
+        prompts = prompts_for(self.cfg, titles, texts, language)
         if not prompts:
             return []
         if self.allowed is not None:
@@ -300,17 +289,6 @@ def _seq2seq_checkpoint(cfg: GeneratorConfig) -> tuple[str, Any]:
             "sequence-to-sequence model (mT5 / T5 style)"
         )
     return path, config
-
-
-def _prompts(
-    cfg: GeneratorConfig, titles: Sequence[str], texts: Sequence[str], language: str
-) -> list[str]:
-    if len(titles) != len(texts):
-        raise ValueError(f"{len(titles)} titles for {len(texts)} passages")
-    return [
-        build_prompt(cfg.prompt, language, title, text)
-        for title, text in zip(titles, texts, strict=True)
-    ]
 
 
 def _strip_row(row: list[int], tokenizer: Any) -> list[int]:

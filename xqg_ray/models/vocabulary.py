@@ -34,6 +34,7 @@ from transformers import LogitsProcessor
 from xqg_ray import storage
 from xqg_ray.errors import ConfigError, ModelError
 from xqg_ray.languages import language_name
+from xqg_ray.models.prompts import build_prompt, prompts_for
 
 
 def load_samples(source: str, languages: Iterable[str]) -> dict[str, list[str]]:
@@ -82,8 +83,6 @@ def allowed_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 
 def language_key(tokenizer: Any, prompt_template: str, language: str) -> list[str]:
     """The tokens that spell the language's name inside the prompt (the vmap key)."""
-    from xqg_ray.models.generator import build_prompt
-
     name = language_name(language)
     prompt = tokenizer.tokenize(build_prompt(prompt_template, language, "", ""))
     for candidate in (tokenizer.tokenize(" " + name), tokenizer.tokenize(name)):
@@ -147,10 +146,8 @@ def vocabulary_fidelity(
     """Sample without restriction with an `HFGenerator` and report, over all decoding steps of
     unfinished sequences, the share of each step's top-k probability mass inside `allowed`
     (mean, 5th percentile, minimum) and the share of sampled tokens inside it."""
-    from xqg_ray.models.generator import _prompts
-
     cfg = generator.cfg
-    prompts = _prompts(cfg, titles, texts, language)
+    prompts = prompts_for(cfg, titles, texts, language)
     allowed_mask = torch.zeros(generator.model.config.vocab_size, dtype=torch.bool)
     allowed_mask[torch.as_tensor(list(allowed), dtype=torch.long)] = True
     shares: list[torch.Tensor] = []

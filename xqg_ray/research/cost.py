@@ -116,7 +116,7 @@ class Shape:
 
     def prompts(self) -> list[str]:
         """Every passage's prompt, the languages taken in turn."""
-        from xqg_ray.models.generator import build_prompt
+        from xqg_ray.models.prompts import build_prompt
 
         langs = self.languages
         return [
