@@ -202,8 +202,11 @@ def _failure(url: str, action: str, exc: BaseException) -> StorageError:
 
 
 @contextmanager
-def _io(url: str, action: str) -> Iterator[None]:
-    """I/O errors as StorageErrors naming `url` (FileNotFoundError passes: callers word it)."""
+def io_errors(url: str, action: str) -> Iterator[None]:
+    """I/O errors as StorageErrors naming `url` (FileNotFoundError passes: callers word it).
+
+    For code that must use the filesystem directly (a glob, a download): on S3 a transient
+    failure that outlived the retries names the setting to raise, like this module's own I/O."""
     try:
         yield
     except (XqgError, FileNotFoundError):
@@ -234,7 +237,7 @@ def join(url: str, *parts: str) -> str:
 
 def exists(url: str) -> bool:
     fs, path = url_to_fs(url)
-    with _io(url, "check existence"):
+    with io_errors(url, "check existence"):
         return fs.exists(path)
 
 
@@ -252,7 +255,7 @@ def _check_bucket(url: str) -> None:
     bucket = path.split("/", 1)[0]
     if f"{protocol(url)}://{bucket}" in _CHECKED_BUCKETS:
         return
-    with _io(url, f"reach bucket {bucket!r}"):
+    with io_errors(url, f"reach bucket {bucket!r}"):
         ok = fs.exists(bucket)
     if not ok:
         raise StorageError(f"{url}: bucket {bucket!r} does not exist")
@@ -262,7 +265,7 @@ def _check_bucket(url: str) -> None:
 def read_bytes(url: str) -> bytes:
     fs, path = url_to_fs(url)
     try:
-        with _io(url, "read"), fs.open(path, "rb") as handle:
+        with io_errors(url, "read"), fs.open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError as exc:
         raise StorageError(f"{url}: no such file") from exc
@@ -328,7 +331,7 @@ def put_file_atomic(local_path: str, url: str) -> None:
             with open(local_path, "rb") as handle:
                 _put_object(fs, path, url, handle.read())
             return
-        with _io(url, "write"):
+        with io_errors(url, "write"):
             fs.put_file(local_path, path)
             stored = fs.info(path).get("size")
         if stored != size:
@@ -359,7 +362,7 @@ def _put_object(fs: fsspec.AbstractFileSystem, path: str, url: str, data: bytes)
         options["ContentMD5"] = base64.b64encode(md5.digest()).decode("ascii")
     etag = ""
     for _ in range(2):
-        with _io(url, "write"):
+        with io_errors(url, "write"):
             answer = fs.pipe_file(path, data, **options)
         etag = _md5_etag(answer)
         if etag is None or etag == md5.hexdigest():
@@ -402,7 +405,7 @@ def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
 def sha256_of(url: str) -> str:
     fs, path = url_to_fs(url)
     digest = hashlib.sha256()
-    with _io(url, "read"), fs.open(path, "rb") as handle:
+    with io_errors(url, "read"), fs.open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -423,7 +426,7 @@ def local_copy(url: str, dest_dir: str | None = None) -> str:
         raise StorageError(f"{url}: no such file or directory")
     dest_root = dest_dir or tempfile.mkdtemp(prefix="xqg-ray-")
     target = os.path.join(dest_root, posixpath.basename(path.rstrip("/")))
-    with _io(url, "copy to local disk"):
+    with io_errors(url, "copy to local disk"):
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", target, recursive=True)
         else:
@@ -464,7 +467,7 @@ class PartitionedTable:
         """(part names, record names) from one listing of the table's folder."""
         fs, path = url_to_fs(self.url)
         try:
-            with _io(self.url, "list"):
+            with io_errors(self.url, "list"):
                 entries = fs.ls(path, detail=False) if fs.exists(path) else []
         except FileNotFoundError:
             return set(), set()
@@ -627,12 +630,16 @@ def write_table(
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
     """Read a part directory written by this module, or a single Parquet file."""
     fs, path = url_to_fs(url)
-    if fs.isfile(path):
+    with io_errors(url, "read"):
+        is_file = fs.isfile(path)
+    if is_file:
         try:
             with fs.open(path, "rb") as handle:
                 return pq.read_table(handle, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
+            if _is_transient(exc):
+                raise _failure(url, "read", exc) from exc
             raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
-    if not fs.exists(path):
+    if not exists(url):
         raise StorageError(f"{url}: no such table")
     return PartitionedTable(url).read(columns)

@@ -63,9 +63,10 @@ def cached_file(index_url: str, entry: dict, cache_dir: str | None = None) -> st
             if not os.path.exists(path):
                 tmp = f"{path}.tmp-{uuid.uuid4().hex}"
                 fs, remote = storage.url_to_fs(url)
-                if not fs.exists(remote):
+                if not storage.exists(url):
                     raise StorageError(f"{url}: no such file or directory")
-                fs.get(remote, tmp)
+                with storage.io_errors(url, "download"):
+                    fs.get(remote, tmp)
                 os.replace(tmp, path)
         marker = os.path.join(cache, "verified", _marker_key(path, sha))
         if os.path.exists(marker):

@@ -526,7 +526,10 @@ def find_index(url: str) -> str:
     if storage.exists(storage.join(url, MANIFEST_FILE)):
         return url
     fs, path = storage.url_to_fs(storage.join(url, "index"))
-    found = sorted(fs.glob(path.rstrip("/") + f"/*/*/{MANIFEST_FILE}")) if fs.exists(path) else []
+    found = []
+    if storage.exists(storage.join(url, "index")):
+        with storage.io_errors(storage.join(url, "index"), "list"):
+            found = sorted(fs.glob(path.rstrip("/") + f"/*/*/{MANIFEST_FILE}"))
     if len(found) == 1:
         relative = found[0][len(path.rstrip("/")) + 1 :].rsplit("/", 1)[0]
         return storage.join(url, "index", relative)

@@ -25,15 +25,18 @@ def _corpus_key(corpus_url: str) -> str:
     """Identifies a corpus version: the file's hash, or a part directory's manifest (or its
     parts' names, sizes and modification times when it has none), hashed."""
     fs, path = storage.url_to_fs(corpus_url)
-    if fs.isfile(path):
+    with storage.io_errors(corpus_url, "read"):
+        is_file = fs.isfile(path)
+    if is_file:
         return storage.sha256_of(corpus_url)
     table = storage.PartitionedTable(corpus_url)
     if storage.exists(table.manifest_url):
         return storage.sha256_of(table.manifest_url)
-    listing = sorted(
-        (entry["name"], entry.get("size"), str(entry.get("mtime", "")))
-        for entry in fs.ls(path, detail=True)
-    )
+    with storage.io_errors(corpus_url, "list"):
+        listing = sorted(
+            (entry["name"], entry.get("size"), str(entry.get("mtime", "")))
+            for entry in fs.ls(path, detail=True)
+        )
     return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
