@@ -8,6 +8,7 @@ import pytest
 import ray
 from helpers import tiny_run_config
 
+from xqg_ray.config import RayConfig, StageResources
 from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.index.shards import load_manifest
@@ -16,6 +17,7 @@ from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.generate import generate_part
 from xqg_ray.stages.pipeline import build
+from xqg_ray.stages.runner import run_parts
 from xqg_ray.storage import PartitionedTable, read_json
 
 STRATEGIES = ("dense", "xqg", "expand", "multivector")
@@ -259,3 +261,26 @@ def _data_root(cfg):
     from pathlib import Path
 
     return Path(cfg.dataset.data_dir).parent
+
+
+@pytest.mark.parametrize("actor_pool", [True, False])
+def test_a_part_tasks_own_error_reaches_the_driver_as_itself(ray_local, actor_pool):
+    class FailsOnPartTwo:  # defined here so Ray's workers get it by value
+        """Rejects its input the way the stages do: an InputError naming the part and row."""
+
+        loads_model = actor_pool  # an actor pool (the model stages) or plain tasks (the others)
+
+        def __call__(self, part: str) -> dict:
+            if part == "00002":
+                raise InputError(f"part {part}: row 7, field 'text' is empty")
+            return {"part": part}
+
+    with pytest.raises(InputError) as caught:
+        run_parts(
+            "fails",
+            FailsOnPartTwo,
+            ["00001", "00002", "00003"],
+            StageResources(num_cpus=0.5),
+            RayConfig(progress_bars=False),
+        )
+    assert str(caught.value) == "part 00002: row 7, field 'text' is empty"

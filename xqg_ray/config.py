@@ -243,7 +243,10 @@ class StageResources(Strict):
     num_cpus: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
     num_gpus: float = Field(default=0, ge=0, description="GPUs per actor (0 = CPU).")
     threads: int | None = Field(
-        default=None, ge=1, description="Torch/OMP threads per actor; default: num_cpus."
+        default=None,
+        ge=1,
+        description="Torch/OMP threads per actor; default: on one node (or without Ray) the "
+        "node's CPUs divided among the pool's actors, on a multi-node cluster num_cpus.",
     )
 
 

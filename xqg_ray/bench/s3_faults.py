@@ -124,27 +124,11 @@ def run_config(root: str, models: dict[str, str], xquad_dir: str, cpus: int):
     )
 
 
-def user_error(exc: BaseException) -> BaseException | None:
-    """The `XqgError` behind an exception, through Ray's wrappers (`cause`) and Python's chain."""
-    from xqg_ray.errors import XqgError
-
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, XqgError):
-            return current
-        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
-    return None
-
-
 def attempt(cfg) -> dict[str, Any]:
     """Build and evaluate; what happened, and how long it took."""
     from xqg_ray.evaluate.driver import evaluate_settings
     from xqg_ray.stages.pipeline import build
+    from xqg_ray.stages.runner import user_error
 
     start = time.perf_counter()
     try:

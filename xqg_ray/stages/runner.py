@@ -20,11 +20,12 @@ import numpy as np
 
 from xqg_ray.config import RayConfig, StageResources
 from xqg_ray.console import interactive, stage_line
-from xqg_ray.errors import ConfigError
+from xqg_ray.errors import ConfigError, XqgError
 from xqg_ray.ray_start import start_ray
 from xqg_ray.storage import PartitionedTable, write_json_atomic
 
 PartTask = Callable[[str], dict[str, Any]]
+RAY_DATA_RETRY_NOTE = "\nFailed to apply UDF transform"
 
 
 def part_result(
@@ -170,6 +171,9 @@ def run_parts(
     check_resources(name, resources)
     actors = min(resources.actors, len(pending))
     threads = worker_threads(resources, ray_cfg, actors)
+    # a part task's own error (a StorageError naming the object, an InputError naming the row)
+    # reaches the driver as itself, not as Ray Data's "UDF failed to process a data block"
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = ray.data.from_items(
         [{"part": part} for part in pending], override_num_blocks=len(pending)
     )
@@ -189,8 +193,32 @@ def run_parts(
             run_parts_once, fn_kwargs={"factory": factory}, batch_size=1, **remote_args
         )
     mapped.set_name(name)  # its progress bar and logs name the stage
-    results = mapped.take_all()
+    try:
+        results = mapped.take_all()
+    except Exception as exc:
+        found = user_error(exc)
+        if found is None:
+            raise
+        message = str(found).split(RAY_DATA_RETRY_NOTE)[0].rstrip()  # Ray Data appends it
+        found.args = (message, *found.args[1:]) if found.args else (message,)
+        raise found from exc
     return [{key: _plain(value) for key, value in row.items()} for row in results]
+
+
+def user_error(exc: BaseException) -> XqgError | None:
+    """The XqgError a worker raised, out of Ray's wrappers (`RayTaskError.cause`) and the chain."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(current, XqgError) and not isinstance(cause, XqgError):
+            return current
+        todo += [cause, current.__cause__, current.__context__]
+    return None
 
 
 def _plain(value: Any) -> Any:
