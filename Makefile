@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test test-slow lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,10 @@ demo: setup
 	$(VENV)/bin/xqg-ray demo
 
 test: setup
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -61,7 +61,7 @@ def head(tmp_path_factory):
     yield f"http://127.0.0.1:{dashboard}", env
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=10)  # `ray start --block` often outlasts a longer wait anyway
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
 

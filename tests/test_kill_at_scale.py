@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from xqg_ray.bench.kill_at_scale import main
+
+# the benchmark's own check (three driver processes, about 70 s): `make test-slow`; the driver
+# kill itself is tested in `make test` by test_pipeline_cluster.py
+pytestmark = pytest.mark.slow
 
 
 def test_killed_driver_resumes_to_identical_bytes_redoing_only_lost_parts(tmp_path):

@@ -41,7 +41,16 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+DEFAULT_LAYOUT = "in-router"  # `make test` soaks the default layout; `make test-slow` the others
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        layout if layout == DEFAULT_LAYOUT else pytest.param(layout, marks=pytest.mark.slow)
+        for layout in LAYOUTS
+    ],
+)
 def test_killed_replicas_under_load_never_give_a_wrong_answer(tmp_path, layout):
     out = tmp_path / "faults.json"
     argv = ["--out", str(out), "--n", "3000", "--dim", "16", "--shards", "2", *LAYOUTS[layout]]
