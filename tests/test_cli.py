@@ -7,11 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from xqg_ray.cli import app
+from xqg_ray.cli import app, config_reference
 from xqg_ray.storage import PartitionedTable
 
 runner = CliRunner()
@@ -102,3 +103,23 @@ def test_ingest_writes_corpus_tables(tmp_path, shared_data):
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
     assert counts == {"passages": 480, "queries": 2380, "qrels": 2380 * 2}
+
+
+@pytest.mark.parametrize("kind", ["run", "serve", "sweep"])
+def test_config_reference_is_generated_from_the_schema_and_matches_the_docs(kind):
+    table = config_reference(kind, markdown=True)
+    rows = table.splitlines()[2:]
+    assert rows and all(not row.endswith("|  |") for row in rows), "a setting has no description"
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    marker = f"<!-- generated: xqg-ray config --explain --kind {kind} --markdown -->\n"
+    generated = docs.split(marker, 1)[1].split("\n<!-- end generated -->", 1)[0]
+    assert generated == table, f"docs/configuration.md is stale: regenerate the {kind} table"
+
+
+def test_config_explain_prints_every_key_with_its_default():
+    result = runner.invoke(app, ["config", "--explain", "--kind", "serve"])
+    assert result.exit_code == 0, result.output
+    assert "max_queued_requests = 16\n    Load shedding" in result.output
+    assert "autoscaling.max_replicas = 2" in result.output
+    bad = runner.invoke(app, ["config", "--explain", "--kind", "nope"])
+    assert bad.exit_code == 2 and "--kind 'nope'" in bad.output

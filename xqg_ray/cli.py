@@ -421,11 +421,51 @@ def export_e5(
 
 @app.command(name="config")
 @user_errors
-def show_config(config: ConfigOpt = None, set_: SetOpt = None, root: RootOpt = None) -> None:
-    """Print the fully resolved config (defaults, file and overrides) as YAML."""
+def show_config(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    explain_keys: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Every key with its default and description, instead of values."
+        ),
+    ] = False,
+    kind: Annotated[
+        str, typer.Option("--kind", help="With --explain: run, serve or sweep configs.")
+    ] = "run",
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="With --explain: a Markdown table.")
+    ] = False,
+) -> None:
+    """Print the fully resolved config (defaults, file and overrides) as YAML, or, with
+    --explain, what every key means."""
+    if explain_keys:
+        typer.echo(config_reference(kind, markdown))
+        return
     import yaml
 
     typer.echo(yaml.safe_dump(_config(config, set_, root).model_dump(), sort_keys=False))
+
+
+def config_reference(kind: str, markdown: bool = False) -> str:
+    """Key, default and description of every setting of a config kind, from its schema."""
+    from xqg_ray.bench.sweep import SweepConfig
+    from xqg_ray.config import explain
+    from xqg_ray.errors import ConfigError
+    from xqg_ray.serve.config import ServeConfig
+
+    schemas = {"run": RunConfig, "serve": ServeConfig, "sweep": SweepConfig}
+    if kind not in schemas:
+        raise ConfigError(f"--kind {kind!r}: use one of {', '.join(schemas)}")
+    rows = explain(schemas[kind])
+    if markdown:
+        lines = ["| key | default | description |", "|---|---|---|"]
+        lines += [
+            f"| `{key}` | `{default}` | {text.replace('|', '/')} |" for key, default, text in rows
+        ]
+        return "\n".join(lines)
+    return "\n".join(f"{key} = {default}\n    {text}" for key, default, text in rows)
 
 
 def main() -> None:

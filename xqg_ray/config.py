@@ -6,6 +6,7 @@ fails before any work starts, naming the offending field.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,11 @@ def default_data_dir(name: str) -> str:
 class DatasetConfig(Strict):
     """Which corpus to ingest and from where."""
 
-    name: Literal["xquad", "xquad_r", "generic", "xor_tydi"] = "xquad"
+    name: Literal["xquad", "xquad_r", "generic", "xor_tydi"] = Field(
+        default="xquad",
+        description="xquad (paragraphs), xquad_r (LAReQA's sentence pool), generic (your "
+        "Parquet/JSONL files and TREC qrels) or xor_tydi (XOR-Retrieve).",
+    )
     data_dir: str = Field(
         default="",
         description="Local or remote folder with the dataset files; empty = ../shared/data or the "
@@ -135,30 +140,46 @@ class EncoderConfig(Strict):
 class GeneratorConfig(Strict):
     """A query generator; defaults are the published xQG settings (docs/architecture.md)."""
 
-    backend: Literal["hf", "question_split"] = "hf"
+    backend: Literal["hf", "question_split"] = Field(
+        default="hf",
+        description="hf: a seq2seq checkpoint (mT5 doc2query); question_split: human questions "
+        "of a disjoint split stand in for generated ones (offline, an upper bound).",
+    )
     model: str = Field(
         default="ielabgroup/xor-tydi-docTquery-mt5-base",
         description="HF seq2seq checkpoint name, local dir or s3:// dir.",
     )
-    prompt: str = "Generate a {language} question for this passage: {title} {passage}"
+    prompt: str = Field(
+        default="Generate a {language} question for this passage: {title} {passage}",
+        description="Generator input; {language} is the target language's English name.",
+    )
     languages: list[str] = Field(
         default_factory=lambda: ["ar", "bn", "fi", "ja", "ko", "ru", "te"],
         description="Target languages (ISO 639-1) to generate queries in.",
     )
-    queries_per_language: int = Field(default=5, ge=1)
-    max_input_length: int = Field(default=256, ge=1)
+    queries_per_language: int = Field(
+        default=5, ge=1, description="Queries sampled per passage and language (the paper's n)."
+    )
+    max_input_length: int = Field(
+        default=256, ge=1, description="Prompt tokens kept; longer inputs are truncated."
+    )
     max_new_tokens: int = Field(
         default=31,
         ge=1,
         description="New tokens, EOS included: the official max_length=32 counts the decoder "
         "start token, so 31.",
     )
-    do_sample: bool = True
-    top_k: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    do_sample: bool = Field(
+        default=True, description="Sample (published) rather than decode greedily."
+    )
+    top_k: int = Field(default=10, ge=1, description="Top-k sampling's k.")
+    batch_size: int = Field(default=16, ge=1, description="Passages per generation call.")
+    seed: int = Field(default=0, description="Sampling seed: the same seed gives the same queries.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto",
+        description="hf engine's weights; auto: bf16 on GPUs (fp16 before Ampere), else fp32.",
+    )
     engine: Literal["auto", "hf", "ctranslate2"] = Field(
         default="auto",
         description="hf backend engine: auto = ctranslate2 when importable, else hf generate.",
@@ -200,7 +221,7 @@ class GeneratorSplitConfig(Strict):
         description="question_split stand-in: share of each paragraph's question groups used "
         "as generated queries; the rest are evaluated.",
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the split (and of the dev/test draw).")
 
 
 class TuningConfig(Strict):
@@ -263,7 +284,9 @@ class RayConfig(Strict):
         default=None, description="Cluster to join ('auto', ray://...); default: start local Ray."
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray.")
-    progress_bars: bool = True
+    progress_bars: bool = Field(
+        default=True, description="A progress bar per stage on a terminal (a line otherwise)."
+    )
 
 
 class CollectionConfig(Strict):
@@ -282,7 +305,10 @@ class CollectionConfig(Strict):
 class AugmentConfig(Strict):
     """The strategies to build and their parameters (docs/architecture.md)."""
 
-    strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[Strategy] = Field(
+        default_factory=lambda: list(STRATEGIES),
+        description="Which indexes to build: dense, xqg, expand, multivector.",
+    )
     alpha: float = Field(default=0.01, ge=0, le=1, description="xqg: weight of the query sum.")
     reduce: Literal["sum", "mean"] = Field(default="sum", description="xqg: sum (paper) or mean.")
     languages: list[str] | None = Field(
@@ -296,7 +322,7 @@ class AugmentConfig(Strict):
 
 class IndexConfig(Strict):
     factory: str = Field(default="Flat", description="Any faiss.index_factory string.")
-    shards: int = Field(default=1, ge=1)
+    shards: int = Field(default=1, ge=1, description="FAISS shards per index (contiguous ids).")
     train_sample: int | None = Field(
         default=None, ge=1, description="Vectors used to train IVF/PQ; default: all."
     )
@@ -438,3 +464,33 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         key, value = parse_override(item)
         set_path(data, key, value)
     return validate(RunConfig, data, f"{source}: invalid config")
+
+
+def explain(schema: type[Strict], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) of every setting of a config schema, sections flattened to
+    dotted keys: what `xqg-ray config --explain` prints and docs/configuration.md tabulates."""
+    rows = []
+    for name, field in schema.model_fields.items():
+        section = _section(field.annotation)
+        if section is not None:
+            if field.description:  # an optional section: off unless given
+                rows.append((f"{prefix}{name}", "null", field.description))
+            rows += explain(section, f"{prefix}{name}.")
+            continue
+        if field.is_required():
+            default = "(required)"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = yaml.safe_dump(value, default_flow_style=True, width=1_000).strip()
+            default = default.removesuffix("...").strip()
+        rows.append((f"{prefix}{name}", default, field.description or ""))
+    return rows
+
+
+def _section(annotation: Any) -> type[Strict] | None:
+    """The config section behind a field's type (`Section` or `Section | None`), if any."""
+    candidates = typing.get_args(annotation) if typing.get_args(annotation) else (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, Strict):
+            return candidate
+    return None

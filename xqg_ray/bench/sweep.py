@@ -73,52 +73,59 @@ class RunRef(Strict):
 class Base(Strict):
     """Values every throughput build uses unless its own axis changes them."""
 
-    passages_per_part: int = Field(default=16, ge=1)
-    generate_batch_size: int = Field(default=8, ge=1)
-    encode_batch_size: int = Field(default=16, ge=1)
-    languages: list[str] = Field(default_factory=lambda: ["de", "ar"])
-    queries_per_language: int = Field(default=2, ge=1)
-    max_new_tokens: int = Field(default=8, ge=1)
+    passages_per_part: int = Field(default=16, ge=1, description="Passages per part.")
+    generate_batch_size: int = Field(default=8, ge=1, description="Passages per generate call.")
+    encode_batch_size: int = Field(default=16, ge=1, description="Texts per encode call.")
+    languages: list[str] = Field(
+        default_factory=lambda: ["de", "ar"], description="Generated languages."
+    )
+    queries_per_language: int = Field(default=2, ge=1, description="Queries per language.")
+    max_new_tokens: int = Field(default=8, ge=1, description="Generated tokens per query.")
     threads: int = Field(default=1, ge=1, description="Torch threads per generate actor.")
 
 
 class GenerationGrid(Strict):
-    batch_size: list[int] = Field(default_factory=lambda: [8])
-    actors: list[int] = Field(default_factory=lambda: [1])
-    queries_per_language: list[int] = Field(default_factory=lambda: [2])
+    batch_size: list[int] = Field(default_factory=lambda: [8], description="Generate batch sizes.")
+    actors: list[int] = Field(default_factory=lambda: [1], description="Generate actor counts.")
+    queries_per_language: list[int] = Field(
+        default_factory=lambda: [2], description="Queries per language."
+    )
     languages: list[int] = Field(default_factory=lambda: [2], description="First N base languages.")
 
 
 class EncodingGrid(Strict):
-    max_length: list[int] = Field(default_factory=lambda: [128])
-    batch_size: list[int] = Field(default_factory=lambda: [16])
+    max_length: list[int] = Field(default_factory=lambda: [128], description="Passage lengths.")
+    batch_size: list[int] = Field(default_factory=lambda: [16], description="Encode batch sizes.")
 
 
 class SearchGrid(Strict):
     strategies: list[str] | None = Field(default=None, description="Default: the run's.")
-    shards: list[int] = Field(default_factory=lambda: [1])
-    replicas: list[int] = Field(default_factory=lambda: [1])
-    concurrency: list[int] = Field(default_factory=lambda: [1])
-    requests: int = Field(default=100, ge=1)
-    max_duration_s: float = Field(default=30.0, gt=0)
-    k: int = Field(default=10, ge=1)
+    shards: list[int] = Field(default_factory=lambda: [1], description="Shard counts.")
+    replicas: list[int] = Field(default_factory=lambda: [1], description="Replicas per shard.")
+    concurrency: list[int] = Field(default_factory=lambda: [1], description="Client concurrency.")
+    requests: int = Field(default=100, ge=1, description="Requests per grid point.")
+    max_duration_s: float = Field(default=30.0, gt=0, description="Time cap per grid point.")
+    k: int = Field(default=10, ge=1, description="Results per query.")
     service: bool = Field(default=True, description="false: in-process FAISS only (no Serve).")
-    shard_num_cpus: float = 0.1
-    router_num_cpus: float = 0.1
-    max_batch_size: int = 16
+    shard_num_cpus: float = Field(default=0.1, description="CPUs per shard replica.")
+    router_num_cpus: float = Field(default=0.1, description="CPUs per router replica.")
+    max_batch_size: int = Field(default=16, description="Serve batch size of the replicas.")
 
 
 class ScalingGrid(Strict):
-    actors: list[int] = Field(default_factory=lambda: [1, 2])
-    strategies: list[str] = Field(default_factory=lambda: ["xqg"])
+    actors: list[int] = Field(default_factory=lambda: [1, 2], description="Actor counts.")
+    strategies: list[str] = Field(default_factory=lambda: ["xqg"], description="Strategies built.")
 
 
 class Grids(Strict):
-    generation: GenerationGrid | None = None
-    encoding: EncodingGrid | None = None
-    index: dict | None = None
-    search: SearchGrid | None = None
-    scaling: ScalingGrid | None = None
+    generation: GenerationGrid | None = Field(default=None, description="Generate throughput.")
+    encoding: EncodingGrid | None = Field(default=None, description="Encode throughput.")
+    index: dict | None = Field(
+        default=None,
+        description="Index build seconds and sizes, from the run's stats ({} turns it on).",
+    )
+    search: SearchGrid | None = Field(default=None, description="Search latency and QPS.")
+    scaling: ScalingGrid | None = Field(default=None, description="Throughput against actors.")
 
 
 class SweepConfig(Strict):
@@ -128,9 +135,9 @@ class SweepConfig(Strict):
     experiment: str = Field(default="", description="Default: the run's evaluate.experiment.")
     cpus: int = Field(default=2, ge=1, description="CPUs of the local Ray (and torch threads).")
     ray: bool = Field(default=True, description="false: throughput builds run in this process.")
-    actor_num_cpus: float = Field(default=0.5, gt=0)
+    actor_num_cpus: float = Field(default=0.5, gt=0, description="CPUs per throughput actor.")
     passages: int = Field(default=64, ge=1, description="Synthetic corpus size.")
-    xquad_dir: str = ""
+    xquad_dir: str = Field(default="", description="XQuAD folder; default: shared or cache.")
     models: dict[str, str] = Field(
         default_factory=dict, description="{mt5: .., bert: ..}; empty: the tiny offline models."
     )

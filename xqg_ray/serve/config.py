@@ -26,9 +26,11 @@ class Limits(Strict):
 class Autoscaling(Strict):
     """Ray Serve autoscaling for the shard deployments (replaces `replicas_per_shard`)."""
 
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, ge=1)
-    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas per shard group.")
+    max_replicas: int = Field(default=2, ge=1, description="Most replicas per shard group.")
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Requests per replica Serve scales to keep."
+    )
 
 
 class ServeConfig(Strict):
@@ -88,22 +90,33 @@ class ServeConfig(Strict):
         gt=0,
         description="CPUs all shard replicas reserve together when `shard_num_cpus` is unset.",
     )
-    autoscaling: Autoscaling | None = None
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Serve autoscaling for the shard deployments instead of fixed replicas.",
+    )
     encode_in_router: bool | None = Field(
         default=None,
         description="Encode queries inside the router (no encoder deployment, one hop fewer); "
         "default: yes for a CPU encoder, a separate encoder deployment when it asks for a GPU.",
     )
-    encoder_replicas: int = Field(default=1, ge=1)
-    encoder_num_cpus: float = Field(default=1.0, gt=0)
+    encoder_replicas: int = Field(
+        default=1, ge=1, description="Replicas of the encoder deployment (when it has one)."
+    )
+    encoder_num_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs each encoder replica reserves."
+    )
     encoder_num_gpus: float | None = Field(
         default=None,
         ge=0,
         description="GPUs per encoder replica; default: 1 when the encoder's device is cuda "
         "(or auto on a cluster with GPUs), else 0.",
     )
-    router_replicas: int = Field(default=1, ge=1)
-    router_num_cpus: float = Field(default=0.25, gt=0)
+    router_replicas: int = Field(
+        default=1, ge=1, description="Router replicas (the HTTP ingress; they hold a small index)."
+    )
+    router_num_cpus: float = Field(
+        default=0.25, gt=0, description="CPUs each router replica reserves."
+    )
     check_resources: bool | None = Field(
         default=None,
         description="Refuse, before deploying, a service the Ray cluster cannot place (naming "
@@ -155,11 +168,13 @@ class ServeConfig(Strict):
         description="Node-local shard cache shared by the replicas of a node (remote shards are "
         "copied there once, every file checksummed once); default: <tmp>/xqg-ray-shard-cache.",
     )
-    mmap: bool = True
+    mmap: bool = Field(
+        default=True, description="Memory-map Flat shards (replicas on a node share the pages)."
+    )
     host: str = Field(default="127.0.0.1", description="HTTP bind address (loopback by default).")
-    port: int = Field(default=8000, ge=1, le=65535)
-    route_prefix: str = "/"
-    app_name: str = "xqg-search"
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    route_prefix: str = Field(default="/", description="Path prefix of the routes.")
+    app_name: str = Field(default="xqg-search", description="Serve application name.")
     auth_token_env: str = Field(
         default="", description="Name of an environment variable holding a bearer token."
     )
