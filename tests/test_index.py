@@ -114,12 +114,14 @@ def test_hnsw_round_trip_finds_the_true_neighbours(tmp_path):
     assert recall >= 0.95
 
 
-def test_pq_shards_keep_global_ids(tmp_path):
+def test_pq_shards_find_each_query_under_its_global_id(tmp_path):
     vectors = random_vectors(300)
     ids = np.arange(300, dtype=np.int64) + 70_000
     build_shards(vectors, ids, str(tmp_path), n_shards=2, factory="PQ4x4")
-    _, got = InProcessIndex(str(tmp_path)).search(vectors[:10], 5)
-    assert set(got.reshape(-1)) <= set(ids)
+    queries = np.arange(0, 300, 6)  # rows held by both shards
+    _, got = InProcessIndex(str(tmp_path)).search(vectors[queries], 5)
+    # lossy codes may reorder near neighbours, but each row finds itself under its global id
+    assert all(ids[row] in found for row, found in zip(queries, got, strict=True))
 
 
 def test_corrupt_shard_is_rejected_by_checksum(tmp_path):

@@ -419,17 +419,24 @@ def test_killed_replica_is_replaced_by_its_twin(service, multi_data):
     queries = np.random.default_rng(7).standard_normal((2, DIM)).astype(np.float32)
     before = service["multi"].search_vectors(queries, k=5)
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-    for _ in range(8):
+    outcomes = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and outcomes.count("complete") < 3:
         try:
             answer = service["multi"].search_vectors(queries, k=5)
         except ServiceError as exc:  # the group's only twin is down too: a 503, never silent
             assert exc.status == 503 and "[0, 1]" in str(exc)
+            outcomes.append("503")
             continue
-        print("partial" if answer["partial"] else "complete", end=" ")
         if answer["partial"]:
             assert answer["missing_shards"] == [0, 1]
+            outcomes.append("partial")
         else:
             assert answer == before  # complete answers are the exact ones
+            outcomes.append("complete")
+    print("answers after the kill:", outcomes)
+    # the twin answers: complete, exact answers while the killed replica is still gone
+    assert outcomes.count("complete") == 3, outcomes
 
 
 def test_killed_only_replica_is_flagged_never_silent(service, vec_data):
@@ -463,7 +470,7 @@ def test_killed_only_replica_is_flagged_never_silent(service, vec_data):
             if len(outcomes) > 1:
                 break
     print("answers after the kill:", outcomes)
-    assert outcomes[-1] == "complete", outcomes
-    stats = service["vec"].stats()
+    # the kill showed (its shard missing, flagged), and then the restarted replica answered
+    assert outcomes[0] in ("503", "partial") and outcomes[-1] == "complete", outcomes
     flagged = outcomes.count("partial")
-    assert stats["partial_answers"] >= flagged
+    assert service["vec"].stats()["partial_answers"] >= flagged

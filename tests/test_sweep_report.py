@@ -135,13 +135,15 @@ def expected_summary(root: Path) -> dict[str, dict]:
     passages = stats["encode-passages"]["rows_in"]
 
     def per_1k(*stages):
-        # xqg mixed inside the encoder actors is already in encode-generated's seconds
-        own = [s for s in stages if not stats[s].get("fused_into")]
-        return 1000 * sum(stats[s]["seconds"] for s in own) / passages
+        return 1000 * sum(stats[s]["seconds"] for s in stages) / passages
 
+    # xqg is mixed inside the encoder actors, so its time is encode-generated's: written out here
+    # by hand, not by the report's rule for fused stages
+    assert stats["augment-xqg"]["fused_into"] == "encode-generated"
+    assert not stats["augment-multivector"].get("fused_into")
     encoding = {
         "dense": per_1k("encode-passages"),
-        "xqg": per_1k("encode-passages", "encode-generated", "augment-xqg"),
+        "xqg": per_1k("encode-passages", "encode-generated"),
         "expand": per_1k("augment-expand"),
         "multivector": per_1k("encode-passages", "encode-generated", "augment-multivector"),
     }
