@@ -5,8 +5,9 @@ text (a query at serving time), and different engines win each: on the CPU, torc
 AMX / AVX512-BF16 matrix units for batches, ONNX Runtime fp32 for one short query, where torch's
 per-op overhead dominates. `auto` picks only engines measured accurate (cosine >= 0.999 with
 torch fp32 on every XQuAD text): CTranslate2 int8 and dynamic int8 quantization miss that bar and
-run only when named. The table below is what `python -m xqg_ray.bench.encoders` measured (README
-"Engines"); it is keyed by CPU features because these machines change CPU between runs.
+run only when named. The table below is what `python -m xqg_ray.bench.encoders` measured
+(docs/engines.md, docs/benchmarks.md); it is keyed by CPU features because these machines change
+CPU between runs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Restricted output vocabulary per target language (off by default: `restrict_vocabulary`).
 
-mT5's 250k-row LM head is most of a decoding step's FLOPs (README, "Engines"). A query in one
+mT5's 250k-row LM head is most of a decoding step's FLOPs (docs/engines.md). A query in one
 language needs only that language's tokens, so generation may pick from them alone:
 - the output vocabulary of a language is every token of its sample texts
   (`generator.vocabulary_samples`) plus the special tokens;
