@@ -1,6 +1,6 @@
-"""docs/architecture.md's module table is every module of the package and of jobs/, each with the
-first paragraph of its own docstring: generated from the code, so it cannot list a module that is gone
-or miss one that was added. `python tests/test_architecture.py` rewrites the table."""
+"""docs/architecture.md's module table: every module of the package and of jobs/, each with the
+first paragraph of its own docstring. Generated from the code, so it cannot list a module that
+is gone or miss one that was added; `python tests/test_architecture.py` rewrites the table."""
 
 from __future__ import annotations
 
