@@ -7,6 +7,16 @@ from dataclasses import dataclass
 from xqg_ray.storage import join
 
 
+def generated_vectors(generator: str) -> str:
+    """Under `embeddings/<encoder>/`: each generated query's vector (multivector, re-mixing)."""
+    return f"generated-{generator}"
+
+
+def generated_sums(generator: str) -> str:
+    """Under `embeddings/<encoder>/`: per passage and language, its generated queries' sum."""
+    return f"generated-{generator}-sums"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: str

@@ -29,7 +29,7 @@ from xqg_ray.errors import ConfigError
 from xqg_ray.evaluate.inputs import passage_languages, query_group_map
 from xqg_ray.evaluate.paired import paired_test
 from xqg_ray.evaluate.settings import monolingual_languages, resolve_setting
-from xqg_ray.paths import RunPaths
+from xqg_ray.paths import RunPaths, generated_vectors
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.roles import run_roles
 from xqg_ray.stages.runner import tasks_in_order
@@ -79,7 +79,7 @@ def read_part(cfg: RunConfig, name: str) -> Part:
     passages = PartitionedTable(paths.embeddings(enc, "passages")).read_part(name)
     collection = PartitionedTable(paths.collection).read_part(name, columns=["pid", "lang"])
     where = pc.index_in(passages["pid"], value_set=collection["pid"]).to_numpy(zero_copy_only=False)
-    vectors = PartitionedTable(paths.embeddings(enc, "generated-" + gen)).read_part(name)
+    vectors = PartitionedTable(paths.embeddings(enc, generated_vectors(gen))).read_part(name)
     texts = PartitionedTable(paths.generated(gen)).read_part(name)
     order = [("pid", "ascending"), ("lang", "ascending"), ("k", "ascending")]
     rows = vectors.take(pc.sort_indices(vectors, order))

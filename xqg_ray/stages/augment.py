@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig
-from xqg_ray.paths import RunPaths
+from xqg_ray.paths import RunPaths, generated_sums, generated_vectors
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.runner import part_result
 from xqg_ray.storage import PartitionedTable
@@ -164,7 +164,7 @@ def multivector_ids(passage_ids: np.ndarray, query_rows: np.ndarray, stride: int
 
 def sums_name(cfg: RunConfig) -> str:
     """`embeddings/<encoder>/<this>/`: per passage and language, the generated queries' sum."""
-    return f"generated-{cfg.generator.name}-sums"
+    return generated_sums(cfg.generator.name)
 
 
 def sums_meta(cfg: RunConfig) -> dict:
@@ -192,7 +192,7 @@ class AugmentTask:
         self.cfg = cfg
         self.strategy = strategy
         self.passages = PartitionedTable(paths.embeddings(encoder, "passages"))
-        source = sums_name(cfg) if strategy == "xqg" else "generated-" + cfg.generator.name
+        source = sums_name(cfg) if strategy == "xqg" else generated_vectors(cfg.generator.name)
         self.generated = PartitionedTable(paths.embeddings(encoder, source))
         self.target = PartitionedTable(paths.embeddings(encoder, strategy))
 

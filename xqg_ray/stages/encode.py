@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xqg_ray.config import RunConfig
-from xqg_ray.paths import RunPaths
+from xqg_ray.paths import RunPaths, generated_vectors
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.augment import (
     expand_text,
@@ -93,7 +93,7 @@ class EncodeTask:
         }
         self.source = PartitionedTable(sources[kind])
         self.generated = PartitionedTable(generated)
-        target = "generated-" + cfg.generator.name if kind == "generated" else kind
+        target = generated_vectors(cfg.generator.name) if kind == "generated" else kind
         self.target = PartitionedTable(paths.embeddings(cfg.encoder.name, target))
         if kind == "generated":
             strategies = cfg.augment.strategies

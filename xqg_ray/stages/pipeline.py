@@ -12,7 +12,7 @@ from typing import Any
 
 from xqg_ray.config import RunConfig, StageResources
 from xqg_ray.datasets.splits import DEV, TEST, with_role
-from xqg_ray.paths import RunPaths
+from xqg_ray.paths import RunPaths, generated_vectors
 from xqg_ray.stages import plan
 from xqg_ray.stages.augment import AugmentTask, sums_meta, sums_name
 from xqg_ray.stages.encode import EncodeTask
@@ -177,7 +177,7 @@ def encode_generated(cfg: RunConfig, passage_parts: list[str]) -> dict[str, Any]
     gen_meta = {"encoder": cfg.encoder.model_dump(), "generator": cfg.generator.model_dump()}
     sums = PartitionedTable(paths.embeddings(enc, sums_name(cfg)))
     xqg = PartitionedTable(paths.embeddings(enc, "xqg"))
-    per_query = PartitionedTable(paths.embeddings(enc, "generated-" + cfg.generator.name))
+    per_query = PartitionedTable(paths.embeddings(enc, generated_vectors(cfg.generator.name)))
     wants_xqg = "xqg" in cfg.augment.strategies
     also = []
     if "multivector" in cfg.augment.strategies:
