@@ -28,11 +28,30 @@ def package_versions(names: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str
     return versions
 
 
+def machine_label() -> str:
+    """One line naming the machine a figure was measured on: CPU count and model, the flags the
+    encoder's engine choice rests on (`models/engine_choice.py`), and GPUs if any."""
+    from xqg_ray.models.engine_choice import choice_facts
+
+    facts = choice_facts()
+    cpu = facts["cpu"] or platform.processor() or platform.machine()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags = " ".join(facts["flags"]) or "none of avx2/avx512/amx reported"
+    label = f"{cpus} CPUs ({cpu}; flags {flags})"
+    import torch
+
+    if torch.cuda.is_available():
+        label += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return label
+
+
 def machine_info() -> dict[str, Any]:
-    """The facts a reader needs to compare two result files: CPUs, load, threads, versions."""
+    """The facts a reader needs to compare two result files: the machine, load, threads,
+    versions. The one machine description of every benchmark and probe."""
     import torch
 
     return {
+        "label": machine_label(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),

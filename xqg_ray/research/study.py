@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from xqg_ray.bench.harness import machine_label
 from xqg_ray.config import RunConfig
 from xqg_ray.paths import RunPaths
-from xqg_ray.research.hardware import hardware_label
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.storage import PartitionedTable, join, write_json_atomic
 
@@ -97,7 +97,7 @@ def measure_costs(cfg: RunConfig, echo: Echo, service: bool = True) -> None:
     from xqg_ray.research.latency import measure_query_cost
 
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
-    hardware = hardware_label()
+    hardware = machine_label()
     echo("cost probe: generation and encoding with the real architectures (random weights)")
     write_json_atomic(join(out, "cost.json"), measure_indexing_cost(cfg, hardware))
     echo("query-time probe: query encoding and in-process search per strategy")
