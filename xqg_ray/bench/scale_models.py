@@ -114,15 +114,29 @@ def register() -> None:
     register_generator(GENERATOR_BACKEND, TemplateGenerator)
 
 
-class ScaleEncoderConfig(EncoderConfig):
-    """The encoder section of a scale run. Unpickling it (a Ray actor receiving the run
-    config) imports this module, which registers the backends: no worker setup hook, and
-    workers that never see the config (index, search and read tasks) import no model code."""
+class _RegistersBackends:
+    """A scale config section registers the scale backends when it is built or unpickled (a Ray
+    actor receiving the run config), not when this module is imported: no worker setup hook,
+    workers that never see the config (index, search and read tasks) load no model code, and
+    importing the benchmark leaves the product's registries alone."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        register()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        register()
+
+
+class ScaleEncoderConfig(_RegistersBackends, EncoderConfig):
+    """The encoder section of a scale run: the hashing encoder."""
 
     backend: str = ENCODER_BACKEND  # type: ignore[assignment]
 
 
-class ScaleGeneratorConfig(GeneratorConfig):
+class ScaleGeneratorConfig(_RegistersBackends, GeneratorConfig):
+    """The generator section of a scale run: the template generator."""
+
     backend: str = GENERATOR_BACKEND  # type: ignore[assignment]
 
 
@@ -143,6 +157,3 @@ def scale_config(cfg: Any, dim: int = 64) -> Any:
         }
     )
     return out
-
-
-register()
