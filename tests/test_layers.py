@@ -14,7 +14,7 @@ PACKAGE = REPO / "xqg_ray"
 JOBS = REPO / "jobs"
 LAYERS = [
     {"__init__", "errors", "strict", "storage", "config", "paths", "schema", "languages"}
-    | {"console", "ray_start"},
+    | {"console", "ray_start", "latency"},
     {"datasets", "models", "index"},
     {"stages", "serve"},
     {"evaluate"},

@@ -277,7 +277,7 @@ def test_latency_probe_and_report(run, tmp_path, monkeypatch):
     search = latency["search"]
     assert search["multivector"]["entries"] > search["dense"]["entries"] == 12
     assert all(row["single"]["p50_ms"] > 0 and row["qps_batch32"] > 0 for row in search.values())
-    assert latency["encoder"]["single"]["n"] == 10
+    assert latency["encoder"]["single"]["requests"] == 10
     (out / "latency.json").write_text(json.dumps(latency))
     report = write_report(cfg.root, EXPERIMENT)
     answer = opening(report)

@@ -34,10 +34,10 @@ from xqg_ray.bench.timing import synchronize
 from xqg_ray.config import OFFLINE_E5, EncoderConfig, default_data_dir
 from xqg_ray.datasets.fetch import ensure_dataset
 from xqg_ray.datasets.xquad import load_xquad
+from xqg_ray.latency import latency_summary
 from xqg_ray.models.device import resolve_device
 from xqg_ray.models.encoder import Encoder, load_encoder, resolve_encoder_engines
 from xqg_ray.models.engine_choice import BATCH, SINGLE, choice_facts
-from xqg_ray.research.latency import summary_ms
 
 MIN_COSINE = 0.999
 EXPANDED_TOKENS = 512
@@ -118,7 +118,7 @@ def single_latency(encoder: Encoder, queries: list[str], device: torch.device) -
         encoder.encode_queries([text])
         synchronize(device)
         seconds.append(1000 * (time.perf_counter() - start))
-    return summary_ms(seconds)
+    return latency_summary(seconds)
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:

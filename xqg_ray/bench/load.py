@@ -15,20 +15,9 @@ import faiss
 import numpy as np
 
 from xqg_ray.index.search import InProcessIndex
+from xqg_ray.latency import latency_summary
 
 HOST = "127.0.0.1"  # loopback only, by design: this script never sends traffic elsewhere
-
-
-def summarize(latencies_ms: list[float], wall_s: float) -> dict:
-    p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
-    return {
-        "requests": len(latencies_ms),
-        "p50_ms": round(float(p50), 3),
-        "p95_ms": round(float(p95), 3),
-        "p99_ms": round(float(p99), 3),
-        "mean_ms": round(float(np.mean(latencies_ms)), 3),
-        "qps": round(len(latencies_ms) / wall_s, 1),
-    }
 
 
 def in_process(index_url: str, queries: np.ndarray, k: int) -> dict:
@@ -47,7 +36,7 @@ def in_process(index_url: str, queries: np.ndarray, k: int) -> dict:
         begin = time.perf_counter()
         searcher.search(query[None, :], k)
         latencies.append((time.perf_counter() - begin) * 1000)
-    return summarize(latencies, time.perf_counter() - started)
+    return latency_summary(latencies, time.perf_counter() - started)
 
 
 async def healthz_floor(url: str, count: int = 100) -> dict:
@@ -60,7 +49,7 @@ async def healthz_floor(url: str, count: int = 100) -> dict:
             async with session.get(url) as response:
                 await response.read()
             latencies.append((time.perf_counter() - begin) * 1000)
-    return summarize(latencies, time.perf_counter() - started)
+    return latency_summary(latencies, time.perf_counter() - started)
 
 
 async def http_load(
@@ -92,7 +81,7 @@ async def http_load(
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return summarize(latencies, wall), failures
+    return latency_summary(latencies, wall), failures
 
 
 def percentile_ms(values: list[float], q: float) -> float | None:

@@ -36,6 +36,7 @@ from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.bench.load import HOST
 from xqg_ray.index.search import InProcessIndex
 from xqg_ray.index.shards import build_shards
+from xqg_ray.latency import latency_summary
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.local import free_port, run_server
@@ -65,7 +66,7 @@ class Tally:
             setattr(self, outcome, getattr(self, outcome) + 1)
 
     def summary(self, wall_s: float) -> dict:
-        p50, p99 = np.percentile(self.latencies_ms, [50, 99]) if self.latencies_ms else (0, 0)
+        latency = latency_summary(self.latencies_ms)
         return {
             "sent": self.sent,
             "succeeded": self.succeeded,
@@ -73,8 +74,8 @@ class Tally:
             "flagged_partial": self.partial,
             "wrong_unflagged": self.wrong_unflagged,
             "statuses": dict(self.statuses),
-            "p50_ms": round(float(p50), 3),
-            "p99_ms": round(float(p99), 3),
+            "p50_ms": latency["p50_ms"],
+            "p99_ms": latency["p99_ms"],
             "wall_s": round(wall_s, 2),
         }
 

@@ -38,8 +38,9 @@ from ray.serve.handle import DeploymentHandle
 
 from xqg_ray import storage
 from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
-from xqg_ray.bench.load import HOST, http_load, in_process, summarize
+from xqg_ray.bench.load import HOST, http_load, in_process
 from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
+from xqg_ray.latency import latency_summary
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app, plan
 from xqg_ray.serve.config import ServeConfig
@@ -93,8 +94,8 @@ def in_process_group(index_url: str, queries: np.ndarray, k: int, batch: int) ->
         group.search(queries[start : start + batch], k)
         latencies.append((time.perf_counter() - begin) * 1000)
     wall = time.perf_counter() - started
-    stats = summarize(latencies, wall)
-    stats["qps"] = round(len(queries) / wall, 1)
+    stats = latency_summary(latencies, wall)
+    stats["qps"] = round(len(queries) / wall, 1)  # queries, not calls: batches of `batch`
     stats["requests"] = len(queries)
     return stats
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from xqg_ray.config import RunConfig
 from xqg_ray.evaluate.runs import (
     REDUCED_PRECISION_TOLERANCE,
@@ -22,6 +20,7 @@ from xqg_ray.evaluate.runs import (
 )
 from xqg_ray.evaluate.service_search import hits_table
 from xqg_ray.index.search import InProcessIndex
+from xqg_ray.latency import latency_summary
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.serve.local import free_port
@@ -101,9 +100,5 @@ def request_latency(client, texts: list[str], encoded, requests: int, k: int) ->
             start = time.perf_counter()
             call(i)
             times.append(1000 * (time.perf_counter() - start))
-        out[name] = {
-            "p50_ms": float(np.percentile(times, 50)),
-            "p99_ms": float(np.percentile(times, 99)),
-            "requests": requests,
-        }
+        out[name] = latency_summary(times)
     return out

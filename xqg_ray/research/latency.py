@@ -10,24 +10,16 @@ noise band a difference must exceed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from xqg_ray.latency import latency_summary
+
 K = 10  # passages per query, as a search service answers
 BATCH = 32
 ROUNDS = 3
-
-
-def summary_ms(samples: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(samples, dtype=np.float64)
-    return {
-        "p50_ms": float(np.percentile(values, 50)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "mean_ms": float(values.mean()),
-        "n": int(values.size),
-    }
 
 
 def one_at_a_time(call: Callable[[int], Any], n: int) -> list[float]:
@@ -50,7 +42,7 @@ def query_encoding_latency(encoder, texts: list[str], n: int) -> dict[str, Any]:
     for batch in batches:
         encoder.encode_queries(batch)
     batched_ms = 1000 * (time.perf_counter() - start) / n
-    return {"single": summary_ms(single), "batch32_per_query_ms": batched_ms}
+    return {"single": latency_summary(single), "batch32_per_query_ms": batched_ms}
 
 
 def search_latency(
@@ -79,7 +71,7 @@ def search_latency(
         per_query_s = float(np.median(batched[strategy]))
         out[strategy] = {
             "entries": int(searcher.manifest["n_total"]),
-            "single": summary_ms(single[strategy]),
+            "single": latency_summary(single[strategy]),
             "noise_ms": (max(round_p50[strategy]) - min(round_p50[strategy])) / 2,
             "batch32_per_query_ms": 1000 * per_query_s,
             "qps_batch32": 1.0 / per_query_s,
