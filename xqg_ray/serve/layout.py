@@ -110,7 +110,7 @@ def plan_layout(
     """The deployments of the service for this index and what each replica reserves."""
     total_bytes = sum(int(shard["bytes"]) for shard in manifest["shards"])
     in_router = cfg.search_in_router
-    if in_router is None:  # a small index: one hop fewer (measured, README "Serving")
+    if in_router is None:  # a small index: one hop fewer (measured: docs/serving.md)
         in_router = (
             cfg.shards_per_replica is None
             and total_bytes * MEMORY_OVERHEAD <= cfg.router_index_mb * 2**20

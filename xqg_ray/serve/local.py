@@ -24,7 +24,7 @@ from xqg_ray.serve.app import build_app, plan
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.layout import check_fits
 
-# Serve settings for a Ray this module starts itself (see README, "Serving": measured choice)
+# Serve settings for a Ray this module starts itself (measured: docs/reliability.md section 4)
 SERVE_ENV: dict[str, str] = {}
 
 
