@@ -84,6 +84,9 @@ def threads_for_router(cfg: ServeConfig) -> int:
 @serve.deployment(max_ongoing_requests=128, graceful_shutdown_timeout_s=SHUTDOWN_S)
 @serve.ingress()
 class SearchRouter:
+    """The service's HTTP ingress: encodes text queries, searches a small index itself or
+    scatters to the shard-group deployments, and merges their answers exactly."""
+
     def __init__(
         self,
         config: dict,
