@@ -31,6 +31,7 @@ from xqg_ray.index.shards import build_shards, load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.augment import multivector_stride
+from xqg_ray.stages.runner import tasks_in_order
 from xqg_ray.storage import PartitionedTable, exists, join, read_json, write_json_atomic
 
 
@@ -232,18 +233,9 @@ def train_task(plan: ShardPlan, parts: list[str], rows: list[int], wanted: int |
 
 def _run_tasks(cfg: RunConfig, calls: list[tuple], num_gpus: float = 0) -> list[Any]:
     """Run `fn(*args)` for each call: as Ray tasks when Ray is enabled, else here in turn."""
-    if not cfg.ray.enabled or not calls:
-        return [fn(*args) for fn, *args in calls]
-    import ray
-
-    from xqg_ray.stages.runner import ensure_ray
-
-    ensure_ray(cfg.ray)
-    refs = [
-        ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=2)(fn).remote(*args)
-        for fn, *args in calls
-    ]
-    return ray.get(refs)
+    if not calls:
+        return []
+    return list(tasks_in_order(cfg.ray, calls, num_cpus=1, num_gpus=num_gpus))
 
 
 def build_from_parts(

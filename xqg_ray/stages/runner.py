@@ -296,11 +296,12 @@ STATS_ROW_KEYS = {"part", "written", "node"}
 
 
 def tasks_in_order(
-    ray_cfg: RayConfig, calls: Sequence[tuple], num_cpus: float = 1
+    ray_cfg: RayConfig, calls: Sequence[tuple], num_cpus: float = 1, num_gpus: float = 0
 ) -> Iterator[Any]:
     """`fn(*args)` for each call, yielded in call order: Ray tasks with at most twice the
     cluster's CPUs in flight (so results are consumed as they come, never all held at once), or
-    here in turn when Ray is disabled. In order, so a fold over the results is deterministic."""
+    here in turn when Ray is disabled. In order, so a fold over the results is deterministic.
+    The one place plain Ray tasks start; a task's own XqgError is raised as itself."""
     if not ray_cfg.enabled:
         for fn, *args in calls:
             yield fn(*args)
@@ -314,5 +315,13 @@ def tasks_in_order(
     while queue or in_flight:
         while queue and len(in_flight) < window:
             fn, *args = queue.pop(0)
-            in_flight.append(ray.remote(num_cpus=num_cpus, max_retries=2)(fn).remote(*args))
-        yield ray.get(in_flight.pop(0))
+            task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)(fn)
+            in_flight.append(task.remote(*args))
+        try:
+            result = ray.get(in_flight.pop(0))
+        except Exception as exc:
+            found = user_error(exc)
+            if found is None:
+                raise
+            raise found from exc
+        yield result
