@@ -42,6 +42,8 @@ def test_unset_threads_share_the_machine_among_the_pool():
     assert worker_threads(StageResources(), no_ray, 3) == 1
 
 
+@pytest.mark.slow  # the benchmark's whole path on Ray (about 30 s); its arithmetic and the
+# threads rule it found stay in make test
 def test_tiny_run_measures_both_sides_of_both_stages(tmp_path, shared_data):
     out = tmp_path / "share.json"
     results = main(

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from xqg_ray.bench.scale import main
 from xqg_ray.bench.scale_models import hashing_vectors
@@ -35,6 +36,8 @@ def test_hashing_encoder_places_a_query_nearest_its_passage():
     assert int(np.argmax(vectors @ query[0])) == 1
 
 
+@pytest.mark.slow  # the benchmark script end to end (about 80 s); S3 index builds stay in
+# make test through tests/test_scale_index.py
 def test_scale_benchmark_on_s3_reports_every_stage(tmp_path):
     out = tmp_path / "scale.json"
     results = main(
