@@ -43,6 +43,7 @@ from typing import Any
 
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.testing.s3_fault_proxy import FaultPlan, S3FaultProxy
+from xqg_ray.testing.tiny import tiny_run_config
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 MOTO_SERVER = """
@@ -94,34 +95,8 @@ def create_bucket(endpoint: str) -> str:
 
 
 def run_config(root: str, models: dict[str, str], xquad_dir: str, cpus: int):
-    """The tiny run of the tests (tests/helpers.py `tiny_run_config`), every strategy."""
-    from xqg_ray.config import RunConfig
-
-    return RunConfig.model_validate(
-        {
-            "root": root,
-            "dataset": {
-                "name": "xquad",
-                "data_dir": xquad_dir,
-                "languages": ["de", "en"],
-                "max_passages": 12,
-            },
-            "encoder": {"backend": "hf", "model": models["bert"], "batch_size": 8},
-            "generator": {
-                "backend": "hf",
-                "model": models["mt5"],
-                "languages": ["de", "en"],
-                "queries_per_language": 2,
-                "max_new_tokens": 8,
-                "batch_size": 8,
-            },
-            "collection": {"passage_languages": ["en"], "passages_per_part": 4},
-            "stages": {"encode": {"num_cpus": 0.5}, "generate": {"num_cpus": 0.5}},
-            "ray": {"progress_bars": False, "num_cpus": cpus},
-            "index": {"shards": 2},
-            "search": {"depth": 10},
-        }
-    )
+    """The tiny run of the tests (`testing/tiny.tiny_run_config`), every strategy."""
+    return tiny_run_config(root, models, xquad_dir, ray={"progress_bars": False, "num_cpus": cpus})
 
 
 def attempt(cfg) -> dict[str, Any]:

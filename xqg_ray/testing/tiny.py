@@ -148,3 +148,36 @@ if __name__ == "__main__":
         sys.exit("usage: python -m xqg_ray.testing.tiny OUT_DIR [TEXT_DIR]")
     for kind, path in ensure_tiny_models(*sys.argv[1:]).items():
         print(f"{kind}: {path}")
+
+
+def tiny_run_config(root: str, models: dict[str, str], xquad_dir: str, **sections):
+    """The tiny run of tests and fault scripts: 12 XQuAD paragraphs, en+de, the tiny models,
+    every strategy, 2 shards; `sections` override keys (a dict merges into its section)."""
+    from xqg_ray.config import RunConfig
+
+    data = {
+        "root": root,
+        "dataset": {
+            "name": "xquad",
+            "data_dir": xquad_dir,
+            "languages": ["de", "en"],
+            "max_passages": 12,
+        },
+        "encoder": {"backend": "hf", "model": models["bert"], "batch_size": 8},
+        "generator": {
+            "backend": "hf",
+            "model": models["mt5"],
+            "languages": ["de", "en"],
+            "queries_per_language": 2,
+            "max_new_tokens": 8,
+            "batch_size": 8,
+        },
+        "collection": {"passage_languages": ["en"], "passages_per_part": 4},
+        "stages": {"encode": {"num_cpus": 0.5}, "generate": {"num_cpus": 0.5}},
+        "ray": {"progress_bars": False},
+        "index": {"shards": 2},
+        "search": {"depth": 10},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return RunConfig.model_validate(data)
