@@ -607,12 +607,14 @@ class PartitionedTable:
 
 
 def _unreadable_part(url: str, exc: BaseException) -> XqgError:
-    """A transient storage failure is worth a rerun; anything else means the part is corrupt."""
-    if _is_transient(exc):
-        return _failure(url, "read", exc)
-    return InputError(
-        f"{url}: corrupt Parquet part ({exc}); delete this file and rerun to recompute it"
-    )
+    """A part that cannot be read: corrupt, unless the storage failed (below)."""
+    corrupt = f"{url}: corrupt Parquet part ({exc}); delete this file and rerun to recompute it"
+    return _unreadable(url, exc, corrupt)
+
+
+def _unreadable(url: str, exc: BaseException, corrupt: str) -> XqgError:
+    """A transient storage failure is worth a rerun; anything else means the file is bad."""
+    return _failure(url, "read", exc) if _is_transient(exc) else InputError(corrupt)
 
 
 def write_table(
@@ -637,9 +639,7 @@ def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
             with fs.open(path, "rb") as handle:
                 return pq.read_table(handle, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
-            if _is_transient(exc):
-                raise _failure(url, "read", exc) from exc
-            raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
+            raise _unreadable(url, exc, f"{url}: not a readable Parquet file: {exc}") from exc
     if not exists(url):
         raise StorageError(f"{url}: no such table")
     return PartitionedTable(url).read(columns)

@@ -32,10 +32,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xqg_ray.bench.checksums import named_checksums
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.bench.scale import (
     QUERIES,
@@ -217,29 +217,6 @@ def outlived(processes: dict[int, str], limit_s: float = 60.0) -> dict[str, Any]
         "escaped_gone_after_seconds": time.monotonic() - start if escaped else 0.0,
         "escaped_killed_after_limit": sorted(alive.values()),
     }
-
-
-def named_checksums(rel: str, document: Any) -> Iterator[tuple[str, str]]:
-    """(file, sha256) pairs that a part record, table manifest, shard record or index manifest
-    names, paths relative to the run root."""
-    from xqg_ray.storage import MANIFEST, RECORD_PATTERN
-
-    folder, name = posixpath.split(rel)
-    if match := RECORD_PATTERN.match(name):
-        yield posixpath.join(folder, f"part-{match['name']}.parquet"), document["sha256"]
-    elif name == MANIFEST:
-        for part, record in document.get("parts", {}).items():
-            yield posixpath.join(folder, f"part-{part}.parquet"), record["sha256"]
-    else:
-        stack = [document]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                if isinstance(item.get("file"), str) and isinstance(item.get("sha256"), str):
-                    yield posixpath.join(folder, item["file"]), item["sha256"]
-                stack.extend(item.values())
-            elif isinstance(item, list):
-                stack.extend(item)
 
 
 def digest_root(root: str) -> dict[str, Any]:

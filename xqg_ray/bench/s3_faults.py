@@ -41,7 +41,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from xqg_ray.bench.checksums import named_checksums
 from xqg_ray.bench.harness import format_table, machine_info, write_results
+from xqg_ray.index.shards import MANIFEST_FILE
+from xqg_ray.storage import MANIFEST
 from xqg_ray.testing.s3_fault_proxy import FaultPlan, S3FaultProxy
 from xqg_ray.testing.tiny import tiny_run_config
 
@@ -150,39 +153,14 @@ def verify_checksums(endpoint: str, bucket: str) -> dict[str, Any]:
 
     checked, mismatched = 0, []
     for key in keys:
-        name = key.rsplit("/", 1)[-1]
-        if name not in ("_manifest.json", "manifest.json"):
+        if key.rsplit("/", 1)[-1] not in (MANIFEST, MANIFEST_FILE):
             continue
         manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        folder = key.rsplit("/", 1)[0]
-        expected: dict[str, str] = {}
-        for part, record in (manifest.get("parts") or {}).items():
-            expected[f"{folder}/part-{part}.parquet"] = record["sha256"]
-        for entry in _index_files(manifest):
-            expected[f"{folder}/{entry['file']}"] = entry["sha256"]
-        for object_key, digest in expected.items():
+        for object_key, digest in named_checksums(key, manifest):
             checked += 1
             if sha256(object_key) != digest:
                 mismatched.append(f"s3://{bucket}/{object_key}")
     return {"objects_checked": checked, "mismatched": mismatched}
-
-
-def _index_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The files an index manifest lists with a sha256 (shards, pid maps, the trained index)."""
-    found = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if isinstance(value.get("file"), str) and isinstance(value.get("sha256"), str):
-                found.append(value)
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(manifest)
-    return found
 
 
 def same_tables(reference_root: str, root: str, cfg) -> bool:

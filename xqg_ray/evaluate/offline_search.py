@@ -151,7 +151,7 @@ def _search_on_ray(
     batch's answers as they complete (the driver holds query-sized results only)."""
     import ray
 
-    from xqg_ray.stages.runner import check_resources, ensure_ray
+    from xqg_ray.stages.runner import check_resources, ensure_ray, worker_errors
 
     ensure_ray(ray_cfg)
     check_resources("evaluate.searchers", resources)
@@ -183,7 +183,8 @@ def _search_on_ray(
         while in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             number, shard = in_flight.pop(done[0])
-            answers[number][shard] = ray.get(done[0])
+            with worker_errors():
+                answers[number][shard] = ray.get(done[0])
             if len(answers[number]) == n_shards:
                 batches[number].add([answers[number][s] for s in range(n_shards)])
                 answers[number] = {}

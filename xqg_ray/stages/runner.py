@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -193,16 +194,24 @@ def run_parts(
             run_parts_once, fn_kwargs={"factory": factory}, batch_size=1, **remote_args
         )
     mapped.set_name(name)  # its progress bar and logs name the stage
-    try:
+    with worker_errors():
         results = mapped.take_all()
+    return [{key: _plain(value) for key, value in row.items()} for row in results]
+
+
+@contextmanager
+def worker_errors() -> Iterator[None]:
+    """Around a wait on Ray work: a worker's own XqgError is raised as itself, without Ray's
+    wrappers or the retry hint Ray Data appends to its message."""
+    try:
+        yield
     except Exception as exc:
         found = user_error(exc)
         if found is None:
             raise
-        message = str(found).split(RAY_DATA_RETRY_NOTE)[0].rstrip()  # Ray Data appends it
-        found.args = (message, *found.args[1:]) if found.args else (message,)
+        message = str(found).split(RAY_DATA_RETRY_NOTE)[0].rstrip()
+        found.args = (message, *found.args[1:])
         raise found from exc
-    return [{key: _plain(value) for key, value in row.items()} for row in results]
 
 
 def user_error(exc: BaseException) -> XqgError | None:
@@ -317,11 +326,6 @@ def tasks_in_order(
             fn, *args = queue.pop(0)
             task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)(fn)
             in_flight.append(task.remote(*args))
-        try:
+        with worker_errors():
             result = ray.get(in_flight.pop(0))
-        except Exception as exc:
-            found = user_error(exc)
-            if found is None:
-                raise
-            raise found from exc
         yield result
