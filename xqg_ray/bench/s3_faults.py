@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,47 +42,13 @@ from typing import Any
 
 from xqg_ray.bench.checksums import named_checksums
 from xqg_ray.bench.harness import format_table, machine_info, write_results
+from xqg_ray.bench.scale import S3_ENV, restore_env, start_s3
 from xqg_ray.index.shards import MANIFEST_FILE
 from xqg_ray.storage import MANIFEST
 from xqg_ray.testing.s3_fault_proxy import FaultPlan, S3FaultProxy
 from xqg_ray.testing.tiny import tiny_run_config
 
-S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-MOTO_SERVER = """
-import logging, sys, time
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()  # runs until the parent closes our stdin (or dies)
-server.stop()
-"""
-
-
 # --- the servers ---------------------------------------------------------------------------------
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """A moto S3 server in its own process (its GIL is not the driver's); its http URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", MOTO_SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    port = int(process.stdout.readline())
-    return process, f"http://127.0.0.1:{port}"
-
-
-def stop_moto(process: subprocess.Popen) -> None:
-    if process.stdin is not None:
-        process.stdin.close()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def create_bucket(endpoint: str) -> str:
@@ -333,16 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = ensure_tiny_models(args.models_dir or cache_root() / "tiny-models", xquad_dir)
     machine = machine_info()
     saved = {key: os.environ.get(key) for key in S3_ENV}
-    moto, moto_endpoint = start_moto()
+    moto, moto_endpoint = start_s3()  # the scale benchmark's moto server, in its own process
     proxy = S3FaultProxy(moto_endpoint).start()
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": proxy.endpoint,  # Ray's workers inherit it: all go through
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
+    os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint  # Ray's workers inherit it: all go through
     import ray
 
     rows = []
@@ -363,12 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         ray.shutdown()
         proxy.stop()
-        stop_moto(moto)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        moto.terminate()
+        restore_env(saved)
     from xqg_ray import storage
 
     results = {
