@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 
 import xqg_ray
 from xqg_ray.bench.harness import machine_info, write_results
-from xqg_ray.index import build_shards
+from xqg_ray.index import IndexSpec, build_shards
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app
 from xqg_ray.serve.config import Limits, ServeConfig
@@ -41,7 +41,7 @@ def services(tmp_path_factory):
     """`open` (no token, serves its schema) and `locked` (token from an env variable)."""
     base = tmp_path_factory.mktemp("fuzz-api")
     vectors = np.random.default_rng(0).standard_normal((60, DIM)).astype(np.float32)
-    build_shards(vectors, np.arange(60), str(base / "index"), n_shards=2)
+    build_shards(vectors, np.arange(60), str(base / "index"), IndexSpec(shards=2))
     monkey = pytest.MonkeyPatch()
     monkey.setenv("XQG_TEST_TOKEN", TOKEN)  # workers started below inherit both
     monkey.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)

@@ -11,6 +11,7 @@ import pytest
 
 from xqg_ray.errors import InputError, StorageError
 from xqg_ray.index import (
+    IndexSpec,
     InProcessIndex,
     build_shards,
     find_index,
@@ -47,7 +48,7 @@ def test_flat_shards_equal_one_exact_index(tmp_path, n_shards, k):
     # 103 vectors in 4 shards of ~26: k=40 exceeds every shard, k=120 exceeds the whole index
     vectors = random_vectors(103)
     ids = np.random.default_rng(1).permutation(10_000)[:103].astype(np.int64)
-    build_shards(vectors, ids, str(tmp_path), n_shards=n_shards)
+    build_shards(vectors, ids, str(tmp_path), IndexSpec(shards=n_shards))
     queries = random_vectors(9, seed=2)
 
     got = InProcessIndex(str(tmp_path)).search(queries, k)
@@ -60,7 +61,7 @@ def test_flat_shards_equal_one_exact_index(tmp_path, n_shards, k):
 def test_l2_metric_merges_smallest_distances(tmp_path):
     vectors, queries = random_vectors(50), random_vectors(4, seed=3)
     ids = np.arange(50, dtype=np.int64) + 1000
-    build_shards(vectors, ids, str(tmp_path), n_shards=3, metric="l2")
+    build_shards(vectors, ids, str(tmp_path), IndexSpec(shards=3, metric="l2"))
     got = InProcessIndex(str(tmp_path)).search(queries, 20)
     assert_same_answer(got, *exact_search(vectors, queries, 20, metric="l2"), ids)
 
@@ -68,7 +69,7 @@ def test_l2_metric_merges_smallest_distances(tmp_path):
 def test_manifest_records_layout_and_checksums(tmp_path):
     vectors = random_vectors(10)
     manifest = build_shards(
-        vectors, np.arange(10), str(tmp_path), n_shards=3, meta={"strategy": "dense"}
+        vectors, np.arange(10), str(tmp_path), IndexSpec(shards=3), meta={"strategy": "dense"}
     )
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest
@@ -91,14 +92,11 @@ def test_ivf_with_every_list_probed_is_exact(tmp_path):
         vectors,
         ids,
         str(tmp_path),
-        n_shards=2,
-        factory="IVF8,Flat",
-        train_sample=400,
-        search_params="nprobe=8",
+        IndexSpec(shards=2, factory="IVF8,Flat", train_sample=400, search_params="nprobe=8"),
     )
     assert manifest["search_params"] == "nprobe=8"
     searcher = InProcessIndex(str(tmp_path))
-    assert all(faiss.extract_index_ivf(shard).nprobe == 8 for shard in searcher.shards)
+    assert all(faiss.extract_index_ivf(shard).nprobe == 8 for shard in searcher.group.indexes)
     assert_same_answer(searcher.search(queries, 10), *exact_search(vectors, queries, 10), ids)
 
 
@@ -106,7 +104,10 @@ def test_hnsw_round_trip_finds_the_true_neighbours(tmp_path):
     vectors, queries = random_vectors(800), random_vectors(20, seed=5)
     ids = np.arange(800, dtype=np.int64) + 5
     build_shards(
-        vectors, ids, str(tmp_path), n_shards=2, factory="HNSW16", search_params="efSearch=200"
+        vectors,
+        ids,
+        str(tmp_path),
+        IndexSpec(shards=2, factory="HNSW16", search_params="efSearch=200"),
     )
     _, got = InProcessIndex(str(tmp_path)).search(queries, 10)
     _, expected = exact_search(vectors, queries, 10)
@@ -117,7 +118,7 @@ def test_hnsw_round_trip_finds_the_true_neighbours(tmp_path):
 def test_pq_shards_find_each_query_under_its_global_id(tmp_path):
     vectors = random_vectors(300)
     ids = np.arange(300, dtype=np.int64) + 70_000
-    build_shards(vectors, ids, str(tmp_path), n_shards=2, factory="PQ4x4")
+    build_shards(vectors, ids, str(tmp_path), IndexSpec(shards=2, factory="PQ4x4"))
     queries = np.arange(0, 300, 6)  # rows held by both shards
     _, got = InProcessIndex(str(tmp_path)).search(vectors[queries], 5)
     # lossy codes may reorder near neighbours, but each row finds itself under its global id
@@ -125,7 +126,7 @@ def test_pq_shards_find_each_query_under_its_global_id(tmp_path):
 
 
 def test_corrupt_shard_is_rejected_by_checksum(tmp_path):
-    build_shards(random_vectors(20), np.arange(20), str(tmp_path), n_shards=2)
+    build_shards(random_vectors(20), np.arange(20), str(tmp_path), IndexSpec(shards=2))
     shard = tmp_path / "shard-00001.faiss"
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
@@ -177,7 +178,7 @@ def test_multivector_returns_each_passage_once_with_its_best_entry(tmp_path):
     vectors += 0.05 * rng.standard_normal(vectors.shape).astype(np.float32)
     entry_ids = rng.permutation(len(vectors)).astype(np.int64) + 500
     manifest = build_shards(
-        vectors, entry_ids, str(tmp_path), n_shards=3, entry_to_passage=passage_of_entry
+        vectors, entry_ids, str(tmp_path), IndexSpec(shards=3), entry_to_passage=passage_of_entry
     )
     assert manifest["entry_map"]["max_entries_per_passage"] == entries_per_passage.max()
     queries = rng.standard_normal((6, DIM)).astype(np.float32)
@@ -198,6 +199,38 @@ def test_multivector_returns_each_passage_once_with_its_best_entry(tmp_path):
             )
 
 
+def test_a_passages_entries_share_one_shard_whatever_their_row_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(8)
+    passage_of_entry = rng.permutation(np.repeat(np.arange(30), 4))  # 4 entries each, shuffled
+    vectors = random_vectors(len(passage_of_entry), seed=9)
+    manifest = build_shards(
+        vectors,
+        np.arange(120) + 7,
+        str(tmp_path),
+        IndexSpec(shards=4),
+        entry_to_passage=passage_of_entry,
+        pids=[f"p{p}" for p in passage_of_entry],
+    )
+    held = [
+        set(pq.read_table(tmp_path / shard["pid_map"]["file"])["id"].to_pylist())
+        for shard in manifest["shards"]
+    ]
+    assert sum(len(passages) for passages in held) == 30  # disjoint ...
+    assert set().union(*held) == set(range(30))  # ... and complete
+    assert [shard["count"] for shard in manifest["shards"]] == [4 * len(p) for p in held]
+    assert manifest["max_entries_per_passage"] == 4
+    with pytest.raises(InputError, match="number of passages \\(30\\), got 31"):
+        build_shards(
+            vectors,
+            np.arange(120),
+            str(tmp_path / "x"),
+            IndexSpec(shards=31),
+            entry_to_passage=passage_of_entry,
+        )
+
+
 def test_pid_map_names_passages(tmp_path):
     vectors = random_vectors(6)
     passage_of_entry = np.array([0, 0, 1, 1, 2, 2])
@@ -206,7 +239,7 @@ def test_pid_map_names_passages(tmp_path):
         vectors,
         np.arange(6),
         str(tmp_path),
-        n_shards=2,
+        IndexSpec(shards=2),
         entry_to_passage=passage_of_entry,
         pids=pids,
     )
@@ -236,13 +269,13 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(InputError, match="k must be an integer >= 1"):
         searcher.search(vectors[:1], 0)
     with pytest.raises(InputError, match="NaN"):
-        search_index(searcher.shards[0], np.full((1, DIM), np.nan, np.float32), 1)
+        search_index(searcher.group.indexes[0], np.full((1, DIM), np.nan, np.float32), 1)
     with pytest.raises(InputError, match="n_shards"):
-        build_shards(vectors, np.arange(10), str(tmp_path / "x"), n_shards=11)
+        build_shards(vectors, np.arange(10), str(tmp_path / "x"), IndexSpec(shards=11))
     with pytest.raises(InputError, match="ids must be unique"):
         build_shards(vectors, np.zeros(10, np.int64), str(tmp_path / "x"))
     with pytest.raises(InputError, match="factory"):
-        build_shards(vectors, np.arange(10), str(tmp_path / "x"), factory="NotAnIndex")
+        build_shards(vectors, np.arange(10), str(tmp_path / "x"), IndexSpec(factory="NotAnIndex"))
     assert not os.path.exists(tmp_path / "x" / "manifest.json")
 
 

@@ -16,8 +16,8 @@ from helpers import tiny_run_config
 from xqg_ray.bench.scale_models import scale_config
 from xqg_ray.config import StageResources
 from xqg_ray.evaluate.offline_search import search_offline
-from xqg_ray.index.search import InProcessIndex
-from xqg_ray.index.shards import build_shards, load_manifest, load_shard
+from xqg_ray.index.in_process import InProcessIndex
+from xqg_ray.index.shards import IndexSpec, build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
 from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors
@@ -68,7 +68,7 @@ def test_shards_follow_parts_and_search_exactly(built):
     for strategy in ("dense", "xqg"):
         url = index_url(cfg, strategy)
         manifest = load_manifest(url)
-        assert manifest["sharding"] == "parts" and len(manifest["shards"]) == 3
+        assert len(manifest["shards"]) == 3
         parts = PartitionedTable(RunPaths(cfg.root).collection).committed_parts()
         assert len(parts) == 8  # 24 paragraphs x 2 languages, 6 per part
         assert [s["parts"] for s in manifest["shards"]] == [parts[:3], parts[3:6], parts[6:]]
@@ -96,7 +96,7 @@ def test_multivector_maps_entries_by_stride(built):
         arrow_to_vectors(entries["vector"]),
         ids,
         url + "-reference",
-        n_shards=1,
+        IndexSpec(shards=1),
         entry_to_passage=ids // stride,
         pids=entries["pid"].to_pylist(),
     )

@@ -27,7 +27,7 @@ from xqg_ray import storage
 from xqg_ray.bench.load import http_load
 from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
-from xqg_ray.index import build_shards
+from xqg_ray.index import IndexSpec, build_shards
 from xqg_ray.models.encoder import load_encoder
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app
@@ -116,9 +116,11 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
     """The three applications on one Serve HTTP proxy bound to loopback."""
     base = tmp_path_factory.mktemp("indexes")
     vectors, ids = vec_data
-    build_shards(vectors, ids, str(base / "vec"), n_shards=4, pids=[f"v{i}" for i in ids])
+    build_shards(vectors, ids, str(base / "vec"), IndexSpec(shards=4), pids=[f"v{i}" for i in ids])
     m_vectors, m_ids, m_passages = multi_data
-    build_shards(m_vectors, m_ids, str(base / "multi"), n_shards=2, entry_to_passage=m_passages)
+    build_shards(
+        m_vectors, m_ids, str(base / "multi"), IndexSpec(shards=2), entry_to_passage=m_passages
+    )
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
 

@@ -15,7 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError, StorageError
-from xqg_ray.index import build_shards
+from xqg_ray.index import IndexSpec, build_shards
 from xqg_ray.serve.app import app_builder, encoder_from_manifest, resolve_corpus
 from xqg_ray.serve.client import SearchClient, ServiceError
 from xqg_ray.serve.config import ServeConfig
@@ -43,7 +43,9 @@ def test_serve_config_files_are_valid_for_serve_and_for_us(path):
 
 
 def test_app_builder_builds_from_args_and_rejects_bad_ones(tmp_path):
-    build_shards(np.eye(4, dtype=np.float32), np.arange(4), str(tmp_path / "index"), n_shards=2)
+    build_shards(
+        np.eye(4, dtype=np.float32), np.arange(4), str(tmp_path / "index"), IndexSpec(shards=2)
+    )
     assert isinstance(app_builder({"index": str(tmp_path / "index")}), Application)
     with pytest.raises(ConfigError, match="replicas_per_shard"):
         app_builder({"index": str(tmp_path / "index"), "replicas_per_shard": 0})

@@ -24,7 +24,7 @@ from ray import serve
 
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError
-from xqg_ray.index import build_shards
+from xqg_ray.index import IndexSpec, build_shards
 from xqg_ray.models.encoder import load_encoder
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
@@ -134,7 +134,7 @@ def index(tmp_path_factory, tiny_models):
         vectors,
         np.arange(N, dtype=np.int64),
         url,
-        n_shards=4,
+        IndexSpec(shards=4),
         pids=[f"p{i}" for i in range(N)],
         meta={"encoder": encoder_cfg.model_dump()},
     )
@@ -262,7 +262,7 @@ def test_shard_cache_checks_each_file_once_and_refuses_a_corrupt_one(tmp_path, m
     url = str(tmp_path / "index")
     vectors = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
     manifest = build_shards(
-        vectors, np.arange(40), url, n_shards=2, pids=[f"p{i}" for i in range(40)]
+        vectors, np.arange(40), url, IndexSpec(shards=2), pids=[f"p{i}" for i in range(40)]
     )
     cache = str(tmp_path / "cache")
     hashed = []

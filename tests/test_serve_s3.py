@@ -7,8 +7,8 @@ import pytest
 import ray
 from ray import serve
 
-from xqg_ray.index.search import InProcessIndex
-from xqg_ray.index.shards import build_shards
+from xqg_ray.index.in_process import InProcessIndex
+from xqg_ray.index.shards import IndexSpec, build_shards
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
 from xqg_ray.serve.config import ServeConfig
@@ -30,7 +30,7 @@ def test_service_serves_an_index_from_s3_exactly(s3_bucket, ray_after_s3, tmp_pa
     ids = np.arange(1000, 1300, dtype=np.int64)
     pids = [f"p{i}" for i in range(300)]
     index_url = f"{s3_bucket}/run/index/enc/dense"
-    build_shards(vectors, ids, index_url, n_shards=3, pids=pids)
+    build_shards(vectors, ids, index_url, IndexSpec(shards=3), pids=pids)
 
     url = run_server(
         ServeConfig(index=index_url, port=free_port(), local_dir=str(tmp_path / "shards")),

@@ -14,7 +14,7 @@ import aiohttp
 import faiss
 import numpy as np
 
-from xqg_ray.index.search import InProcessIndex
+from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.latency import latency_summary
 
 HOST = "127.0.0.1"  # loopback only, by design: this script never sends traffic elsewhere

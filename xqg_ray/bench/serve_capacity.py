@@ -24,7 +24,7 @@ from ray import serve
 
 from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
 from xqg_ray.bench.load import HOST, http_load, in_process
-from xqg_ray.index.shards import build_shards
+from xqg_ray.index.shards import IndexSpec, build_shards
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app
 from xqg_ray.serve.config import ServeConfig
@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = tempfile.mkdtemp(prefix="xqg-serve-capacity-")
     index_url = f"{workdir}/index"
     vectors = rng.standard_normal((args.n, args.dim)).astype(np.float32)
-    build_shards(vectors, np.arange(args.n, dtype=np.int64), index_url, n_shards=args.shards)
+    build_shards(
+        vectors, np.arange(args.n, dtype=np.int64), index_url, IndexSpec(shards=args.shards)
+    )
     del vectors
     queries = rng.standard_normal((args.queries, args.dim)).astype(np.float32)
     baseline = in_process(index_url, queries[:500], args.k)

@@ -34,8 +34,8 @@ from ray import serve
 
 from xqg_ray.bench.harness import machine_info, write_results
 from xqg_ray.bench.load import HOST
-from xqg_ray.index.search import InProcessIndex
-from xqg_ray.index.shards import build_shards
+from xqg_ray.index.in_process import InProcessIndex
+from xqg_ray.index.shards import IndexSpec, build_shards
 from xqg_ray.latency import latency_summary
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.config import ServeConfig
@@ -179,7 +179,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = tempfile.mkdtemp(prefix="xqg-serve-faults-")
     vectors = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     index_url = f"{workdir}/index"
-    build_shards(vectors, np.arange(args.n, dtype=np.int64), index_url, n_shards=args.shards)
+    build_shards(
+        vectors, np.arange(args.n, dtype=np.int64), index_url, IndexSpec(shards=args.shards)
+    )
     queries = rng.standard_normal((args.requests, args.dim)).astype(np.float32)
     exact = InProcessIndex(index_url).search(queries, args.k)
 

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import faiss
 import numpy as np
 import ray
 from fastapi import FastAPI
@@ -39,12 +40,12 @@ from ray.serve.handle import DeploymentHandle
 from xqg_ray import storage
 from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_results
 from xqg_ray.bench.load import HOST, http_load, in_process
-from xqg_ray.index.shards import MANIFEST_FILE, build_shards, load_manifest
+from xqg_ray.index.shard_group import ShardGroup
+from xqg_ray.index.shards import MANIFEST_FILE, IndexSpec, build_shards, load_manifest
 from xqg_ray.latency import latency_summary
 from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app, plan
 from xqg_ray.serve.config import ServeConfig
-from xqg_ray.serve.deployments import ShardGroup
 from xqg_ray.serve.local import free_port
 from xqg_ray.serve.schemas import VectorSearchRequest
 
@@ -64,7 +65,7 @@ def synthetic_indexes(n: int, dim: int, shard_counts: list[int], workdir: str) -
     indexes = []
     for shards in shard_counts:
         url = os.path.join(workdir, f"random-{n}x{dim}-{shards}shards")
-        build_shards(vectors, np.arange(n, dtype=np.int64), url, n_shards=shards)
+        build_shards(vectors, np.arange(n, dtype=np.int64), url, IndexSpec(shards=shards))
         indexes.append({"label": f"random {n}x{dim}", "url": url})
     return indexes
 
@@ -84,6 +85,7 @@ def in_process_group(index_url: str, queries: np.ndarray, k: int, batch: int) ->
     """The service's own shard-group search (parallel threads over shards) in this process, in
     batches of `batch` queries; latency is per batch, QPS counts queries."""
     manifest = load_manifest(index_url)
+    faiss.omp_set_num_threads(1)  # as a shard-group replica runs
     group = ShardGroup(index_url, manifest, list(range(len(manifest["shards"]))), None, True)
     for start in range(0, min(len(queries), 20 * batch), batch):  # warm caches, mmapped pages
         group.search(queries[start : start + batch], k)
@@ -313,10 +315,7 @@ def large_indexes(workdir: str, n: int, dim: int, kinds: list[str]) -> list[dict
             vectors,
             ids,
             url,
-            n_shards=4,
-            factory=factory,
-            train_sample=50_000,
-            search_params=params,
+            IndexSpec(shards=4, factory=factory, train_sample=50_000, search_params=params),
         )
         indexes.append({"label": f"random {n}x{dim} {label}", "url": url})
     return indexes

@@ -42,7 +42,7 @@ from xqg_ray.bench.harness import format_table, machine_info, parse_ints, write_
 from xqg_ray.bench.load import overload, percentile_ms, probe
 from xqg_ray.bench.serve_latency import large_indexes, synthetic_indexes
 from xqg_ray.config import parse_override, set_path
-from xqg_ray.index.search import InProcessIndex
+from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.index.shards import MANIFEST_FILE, load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.serve.config import ServeConfig

@@ -361,7 +361,7 @@ def sweep_index(run: RunConfig) -> list[dict[str, Any]]:
 def resharded_index(run: RunConfig, strategy: str, shards: int, workdir: Path) -> str:
     """The strategy's stored entries in `shards` shards (as `stages.index.build_index` builds
     them), in the work folder: the run's own index is never touched."""
-    from xqg_ray.index.shards import build_shards
+    from xqg_ray.index.shards import IndexSpec, build_shards
     from xqg_ray.schema import arrow_to_vectors
     from xqg_ray.stages.augment import multivector_stride
     from xqg_ray.stages.index import entries_url
@@ -373,9 +373,7 @@ def resharded_index(run: RunConfig, strategy: str, shards: int, workdir: Path) -
         arrow_to_vectors(entries["vector"]),
         ids,
         url,
-        n_shards=shards,
-        factory=run.index.factory,
-        train_sample=run.index.train_sample,
+        IndexSpec(shards=shards, factory=run.index.factory, train_sample=run.index.train_sample),
         entry_to_passage=ids // multivector_stride(run) if strategy == "multivector" else None,
         pids=entries["pid"].to_pylist(),
     )

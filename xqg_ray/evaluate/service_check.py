@@ -19,7 +19,7 @@ from xqg_ray.evaluate.runs import (
     run_table,
 )
 from xqg_ray.evaluate.service_search import hits_table
-from xqg_ray.index.search import InProcessIndex
+from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.latency import latency_summary
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors

@@ -1,9 +1,9 @@
 """FAISS shard build / load / search / merge (see `shards` for the on-disk layout)."""
 
+from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.index.search import (
     DistinctPassagePlan,
     EntryMap,
-    InProcessIndex,
     PidMap,
     StrideEntryMap,
     collapse_to_passages,
@@ -11,6 +11,7 @@ from xqg_ray.index.search import (
     search_index,
 )
 from xqg_ray.index.shards import (
+    IndexSpec,
     build_shards,
     find_index,
     load_entry_map,
@@ -23,6 +24,7 @@ __all__ = [
     "DistinctPassagePlan",
     "EntryMap",
     "InProcessIndex",
+    "IndexSpec",
     "PidMap",
     "StrideEntryMap",
     "build_shards",

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from xqg_ray.errors import InputError, StorageError
-from xqg_ray.index.shards import load_entry_map, load_manifest, load_pid_map, load_shard
 
 FLT_MAX = float(np.finfo(np.float32).max)
 INITIAL_OVERFETCH = 2  # first multivector fetch depth = k * this (capped)
@@ -200,56 +199,6 @@ class DistinctPassagePlan:
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         return self.scores, self.ids
-
-
-class InProcessIndex:
-    """All shards of an index in this process: the reference the service must agree with."""
-
-    def __init__(self, index_url: str, local_dir: str | None = None, mmap: bool = True):
-        self.index_url = index_url
-        self.manifest = load_manifest(index_url)
-        self.shards = [
-            load_shard(index_url, number, local_dir, mmap)
-            for number in range(len(self.manifest["shards"]))
-        ]
-        pairs = None
-        if not self.manifest.get("entry_stride"):
-            pairs = load_entry_map(index_url, self.manifest, local_dir)
-        self.entry_map = entry_map_of(self.manifest, pairs)
-        self.pid_map = PidMap(load_pid_map(index_url, self.manifest, local_dir))
-        self.keep_max = keeps_max(self.manifest["metric"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dimension"])
-
-    def search_entries(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`depth` index entries over all shards (entry ids; passage ids unless multivector)."""
-        queries = check_queries(queries, self.dim)
-        results = [search_index(shard, queries, depth) for shard in self.shards]
-        return merge_topk(results, depth, self.keep_max)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, passage ids), each (n, k), best first; multivector entries collapsed."""
-        queries = check_queries(queries, self.dim)
-        if self.entry_map is None:
-            return self.search_entries(queries, check_k(k))
-        plan = DistinctPassagePlan(
-            len(queries),
-            k,
-            self.entry_map.max_entries_per_passage,
-            int(self.manifest["n_total"]),
-            self.keep_max,
-        )
-        while (request := plan.next_request()) is not None:
-            rows, depth = request
-            scores, entry_ids = self.search_entries(queries[rows], depth)
-            plan.add(scores, self.entry_map.to_passages(entry_ids))
-        return plan.result()
-
-    def pids(self, passage_ids: np.ndarray) -> list[list[str | None]]:
-        """Corpus pids for passage ids (None where unknown or -1)."""
-        return self.pid_map.lookup(passage_ids).tolist()
 
 
 class PidMap:

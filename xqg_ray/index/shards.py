@@ -5,21 +5,19 @@ Layout (any fsspec URL, local or s3://)::
     <index>/shard-00000.faiss ...   one FAISS index per shard, global int64 ids kept
     <index>/entry_map.npy            multivector only: (n, 2) int64 [entry id, passage id]
     <index>/pids.parquet             optional: passage id (int64) -> pid (string of the corpus)
-    <index>/trained.faiss            parallel builds of trainable factories: the trained, empty
-                                     index every shard started from (one quantizer)
-    <index>/shard-00000.pids.parquet parallel builds: the shard's own passage id -> pid map
-    <index>/manifest.json            written last: an index without it is incomplete
+    <index>/trained.faiss            trainable factories: the trained, empty index every
+                                     shard started from (one coarse quantizer for all)
+    <index>/shard-00000.pids.parquet the shard's own passage id -> pid map
+    <index>/manifest.json            written last (`IndexManifest`): without it, incomplete
 
-`build_shards` (vectors in memory) cuts contiguous row ranges (`np.array_split` order), so shard i
-holds rows [start_i, end_i) of the vectors it is given. The pipeline's parallel build
-(`stages/index.py`) instead gives each shard a contiguous run of the entries table's parts
-(`sharding: parts`): one task per shard streams its parts into a copy of the trained index and
-writes the shard, its pid map and their checksums (`write_shard`); the driver only writes the
-manifest (`write_manifest`), so one shard can be rebuilt alone. Trainable factories (IVF, PQ, ...)
-are trained once on a sample and every shard is a copy of that trained index, so all shards share
-one coarse quantizer. A multivector index whose entry ids are `passage id * stride + j` records
-`entry_stride`, and `entry id // stride` is the passage (no entry map needed; one is still written
-up to `LEGACY_ENTRY_MAP_MAX` entries for readers that expect it).
+There is one writer. A shard is written by `write_shard` (a copy of the trained index, filled
+under global ids, plus its pid map and checksums) and the index by `write_manifest`. The pipeline
+(`stages/index.py`) runs one task per shard over a contiguous run of the entries table's parts,
+so one shard can be rebuilt alone; `build_shards` does the same from vectors held in memory
+(benchmarks, tests, small user indexes), cutting contiguous runs of rows. Either way a passage's
+entries all sit in one shard. A multivector index whose entry ids are `passage id * stride + j`
+records `entry_stride`, and `entry id // stride` is the passage (no entry map needed; one is still
+written up to `LEGACY_ENTRY_MAP_MAX` entries for readers that expect it).
 
 Side files are read with `np.load(allow_pickle=False)` and Parquet: nothing read from storage is
 unpickled, and every file is checked against the manifest's sha256 before use.
@@ -32,6 +30,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faiss
@@ -93,19 +92,6 @@ def _empty_index(dim: int, factory: str, metric: str) -> faiss.Index:
         raise InputError(f"FAISS factory {factory!r} is invalid: {exc}") from exc
 
 
-def _train(index: faiss.Index, vectors: np.ndarray, train_sample: int | None, seed: int) -> None:
-    if index.is_trained:
-        return
-    sample = vectors
-    if train_sample is not None and train_sample < len(vectors):
-        rows = np.random.default_rng(seed).choice(len(vectors), size=train_sample, replace=False)
-        sample = vectors[np.sort(rows)]
-    try:
-        index.train(sample)
-    except RuntimeError as exc:
-        raise InputError(f"cannot train the index on {len(sample)} vectors: {exc}") from exc
-
-
 def _with_ids(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
     """A copy of the trained index holding `vectors` under their global `ids`.
 
@@ -120,15 +106,6 @@ def _with_ids(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> fai
         wrapped = faiss.IndexIDMap(faiss.clone_index(trained))
         wrapped.add_with_ids(vectors, ids)
         return wrapped
-
-
-def _entry_map(ids: np.ndarray, entry_to_passage: np.ndarray) -> np.ndarray:
-    """(n, 2) int64 [entry id, passage id] sorted by entry id, for `np.searchsorted` lookups."""
-    order = np.argsort(ids, kind="stable")
-    pairs = np.stack([ids[order], entry_to_passage[order]], axis=1)
-    if len(pairs) > 1 and (np.diff(pairs[:, 0]) == 0).any():
-        raise InputError("ids must be unique when entry_to_passage is given")
-    return np.ascontiguousarray(pairs)
 
 
 def _pid_table(passage_ids: np.ndarray, pids: Sequence[str]) -> pa.Table:
@@ -147,89 +124,129 @@ def _write(url: str, data: bytes) -> dict[str, Any]:
     return {"sha256": _sha256(data), "bytes": len(data)}
 
 
+@dataclass(frozen=True)
+class IndexSpec:
+    """How vectors are indexed: FAISS factory and metric, shard count, training sample (rows,
+    all when None), `faiss.ParameterSpace` search parameters applied at load time (for example
+    `nprobe=16` for IVF, `efSearch=128` for HNSW), and the sampling seed."""
+
+    factory: str = "Flat"
+    metric: str = "ip"
+    shards: int = 1
+    train_sample: int | None = None
+    search_params: str = ""
+    seed: int = 0
+
+
+@dataclass
+class IndexManifest:
+    """What `manifest.json` records, written last: the shards' records (from `write_shard`), the
+    trained index they were copied from, and how entries map to passages and pids."""
+
+    dimension: int
+    factory: str
+    shards: list[dict[str, Any]]
+    metric: str = "ip"
+    search_params: str = ""
+    trained: dict[str, Any] | None = None
+    entry_stride: int | None = None
+    entry_map: dict[str, Any] | None = None
+    pid_map: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as stored, with the totals readers use."""
+        return {
+            "format": FORMAT,
+            **asdict(self),
+            "n_total": sum(int(s["count"]) for s in self.shards),
+            "max_entries_per_passage": max(
+                (int(s["max_entries_per_passage"]) for s in self.shards), default=1
+            ),
+        }
+
+
 def build_shards(
     vectors: np.ndarray,
     ids: np.ndarray,
     out_url: str,
-    n_shards: int = 1,
-    factory: str = "Flat",
-    metric: str = "ip",
-    train_sample: int | None = None,
-    meta: dict | None = None,
+    spec: IndexSpec = IndexSpec(),
+    *,
     entry_to_passage: np.ndarray | None = None,
     pids: Sequence[str] | None = None,
-    search_params: str = "",
-    seed: int = 0,
+    meta: dict | None = None,
 ) -> dict:
-    """Write `vectors` as `n_shards` FAISS shards under `out_url` and return the manifest.
+    """Index `vectors` held in memory under `out_url` with the pipeline's own writer (train once,
+    `write_shard` per shard, `write_manifest`) and return the manifest.
 
     `ids` are the global int64 ids the search returns. For a multivector index, `ids` are entry
     ids and `entry_to_passage[i]` is the passage of entry `ids[i]`; searches then return passage
-    ids. `pids[i]` (optional) is the corpus pid (string) of row i's passage, so answers can name
-    passages as the corpus does. `search_params` is a `faiss.ParameterSpace` string applied at
-    load time (for example `nprobe=16` for IVF, `efSearch=128` for HNSW).
+    ids, and a passage's entries all land in one shard. `pids[i]` (optional) is the corpus pid
+    of row i's passage, so answers can name passages as the corpus does. Shards are contiguous
+    runs of rows (of rows ordered by passage, for a multivector index).
     """
     vectors = _as_vectors(vectors)
     n, dim = vectors.shape
     ids = _as_ids(ids, n, "ids")
     if len(np.unique(ids)) != n:
         raise InputError("ids must be unique")
-    if not 1 <= n_shards <= n:
-        raise InputError(
-            f"n_shards must be between 1 and the number of vectors ({n}), got {n_shards}"
-        )
-    if train_sample is not None and train_sample < 1:
-        raise InputError(f"train_sample must be >= 1, got {train_sample}")
+    if spec.train_sample is not None and spec.train_sample < 1:
+        raise InputError(f"train_sample must be >= 1, got {spec.train_sample}")
     passage_ids = ids
     if entry_to_passage is not None:
         passage_ids = _as_ids(entry_to_passage, n, "entry_to_passage")
     if pids is not None and len(pids) != n:
         raise InputError(f"pids must have one entry per vector ({n}), got {len(pids)}")
+    groups = _shard_rows(passage_ids, spec.shards, ordered=entry_to_passage is None)
 
-    trained = _empty_index(dim, factory, metric)
-    _train(trained, vectors, train_sample, seed)
-    if search_params:
-        apply_search_params(faiss.clone_index(trained), search_params)  # fail before writing
+    trained = None
+    if needs_training(dim, spec.factory, spec.metric):
+        sample = vectors
+        if spec.train_sample is not None and spec.train_sample < n:
+            rng = np.random.default_rng(spec.seed)
+            sample = vectors[np.sort(rng.choice(n, size=spec.train_sample, replace=False))]
+        trained = train_index(sample, out_url, spec.factory, spec.metric)
+    base = base_index(out_url, dim, spec.factory, spec.metric, trained)
+    if spec.search_params:
+        apply_search_params(faiss.clone_index(base), spec.search_params)  # fail before writing
 
-    shards = []
-    for number, rows in enumerate(np.array_split(np.arange(n), n_shards)):
-        index = _with_ids(trained, vectors[rows], ids[rows])
-        data = faiss.serialize_index(index).tobytes()
-        file = shard_file(number)
-        shards.append(
-            {"file": file, "count": len(rows), **_write(storage.join(out_url, file), data)}
+    pid_array = pa.array(pids, pa.string()) if pids is not None else pa.nulls(n, pa.string())
+    shards = [
+        write_shard(out_url, shard, base, [(vectors[r], ids[r], passage_ids[r], pid_array.take(r))])
+        for shard, r in enumerate(groups)
+    ]
+    manifest = IndexManifest(
+        dimension=dim,
+        factory=spec.factory,
+        shards=shards,
+        metric=spec.metric,
+        search_params=spec.search_params,
+        trained=trained,
+        entry_map=None if entry_to_passage is None else write_entry_map(out_url, ids, passage_ids),
+        pid_map=merge_pid_maps(out_url, shards) if pids is not None else None,
+        meta=meta or {},
+    )
+    return write_manifest(out_url, manifest)
+
+
+def _shard_rows(passage_ids: np.ndarray, n_shards: int, ordered: bool) -> list[np.ndarray]:
+    """Row numbers of each shard: `n_shards` near-equal contiguous runs (`np.array_split`
+    order), cut only between passages; unless `ordered`, rows are first sorted by passage."""
+    rows = np.arange(len(passage_ids)) if ordered else np.argsort(passage_ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, passage_ids[rows][1:] != passage_ids[rows][:-1]])
+    if not 1 <= n_shards <= len(starts):
+        raise InputError(
+            f"n_shards must be between 1 and the number of passages ({len(starts)}), got {n_shards}"
         )
-
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "dimension": dim,
-        "metric": metric,
-        "factory": factory,
-        "search_params": search_params,
-        "n_total": n,
-        "sharding": "contiguous",
-        "shards": shards,
-        "entry_map": None,
-        "pid_map": None,
-        "meta": meta or {},
-    }
-    if entry_to_passage is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, _entry_map(ids, passage_ids), allow_pickle=False)
-        manifest["entry_map"] = {
-            "file": ENTRY_MAP_FILE,
-            "max_entries_per_passage": int(np.unique(passage_ids, return_counts=True)[1].max()),
-            "n_passages": len(np.unique(passage_ids)),
-            **_write(storage.join(out_url, ENTRY_MAP_FILE), buffer.getvalue()),
-        }
-    if pids is not None:
-        data = storage.table_to_parquet_bytes(_pid_table(passage_ids, pids))
-        manifest["pid_map"] = {
-            "file": PID_MAP_FILE,
-            **_write(storage.join(out_url, PID_MAP_FILE), data),
-        }
-    storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), manifest)
-    return manifest
+    wanted = [len(chunk) for chunk in np.array_split(np.arange(len(rows)), n_shards)]
+    cuts = np.cumsum(wanted)[:-1]
+    # each cut moves to the first passage start at or after it, never onto an earlier cut
+    bounds = [0]
+    for cut in cuts:
+        i = np.searchsorted(starts, max(cut, bounds[-1] + 1))
+        bounds.append(int(starts[i]) if i < len(starts) else len(rows))
+    bounds.append(len(rows))
+    return [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def shard_pid_file(shard: int) -> str:
@@ -365,56 +382,28 @@ def merge_pid_maps(out_url: str, shards: list[dict[str, Any]]) -> dict[str, Any]
     return {"file": PID_MAP_FILE, **_write(storage.join(out_url, PID_MAP_FILE), data)}
 
 
-def write_stride_entry_map(
-    out_url: str, entry_ids: np.ndarray, stride: int, max_entries: int
-) -> dict[str, Any]:
-    """The legacy (n, 2) [entry id, entry id // stride] table, for readers without stride."""
-    ids = np.sort(np.asarray(entry_ids, dtype=np.int64))
-    pairs = np.ascontiguousarray(np.stack([ids, ids // stride], axis=1))
+def write_entry_map(out_url: str, entry_ids: np.ndarray, passage_ids: np.ndarray) -> dict[str, Any]:
+    """The multivector (n, 2) [entry id, passage id] table sorted by entry id (for
+    `np.searchsorted` lookups), for readers without `entry_stride`; returns its record."""
+    order = np.argsort(entry_ids, kind="stable")
+    pairs = np.ascontiguousarray(np.stack([entry_ids[order], passage_ids[order]], axis=1))
+    if len(pairs) > 1 and (np.diff(pairs[:, 0]) == 0).any():
+        raise InputError("entry ids must be unique")
     buffer = io.BytesIO()
-    np.save(buffer, pairs, allow_pickle=False)
+    np.save(buffer, pairs.astype(np.int64), allow_pickle=False)
     return {
         "file": ENTRY_MAP_FILE,
-        "max_entries_per_passage": max_entries,
+        "max_entries_per_passage": int(np.unique(pairs[:, 1], return_counts=True)[1].max()),
         "n_passages": len(np.unique(pairs[:, 1])),
         **_write(storage.join(out_url, ENTRY_MAP_FILE), buffer.getvalue()),
     }
 
 
-def write_manifest(
-    out_url: str,
-    dim: int,
-    factory: str,
-    shards: list[dict[str, Any]],
-    metric: str = "ip",
-    meta: dict | None = None,
-    trained: dict[str, Any] | None = None,
-    entry_stride: int | None = None,
-    entry_map: dict[str, Any] | None = None,
-    pid_map: dict[str, Any] | None = None,
-    search_params: str = "",
-) -> dict[str, Any]:
-    """The manifest of an index whose shards were written by `write_shard` (written last)."""
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "dimension": dim,
-        "metric": metric,
-        "factory": factory,
-        "search_params": search_params,
-        "n_total": sum(int(s["count"]) for s in shards),
-        "sharding": "parts",
-        "shards": shards,
-        "trained": trained,
-        "entry_map": entry_map,
-        "entry_stride": entry_stride,
-        "max_entries_per_passage": max(
-            (int(s["max_entries_per_passage"]) for s in shards), default=1
-        ),
-        "pid_map": pid_map,
-        "meta": meta or {},
-    }
-    storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), manifest)
-    return manifest
+def write_manifest(out_url: str, manifest: IndexManifest) -> dict[str, Any]:
+    """Write the manifest last (an index without one is incomplete) and return it as stored."""
+    stored = manifest.to_json()
+    storage.write_json_atomic(storage.join(out_url, MANIFEST_FILE), stored)
+    return stored
 
 
 def load_manifest(index_url: str) -> dict:

@@ -81,7 +81,7 @@ def search_latency(
 
 def measure_query_cost(cfg, hardware: str, query_texts: list[str], vectors: np.ndarray) -> dict:
     """The probe for a built run: encoder latency once, search latency for every strategy."""
-    from xqg_ray.index.search import InProcessIndex
+    from xqg_ray.index.in_process import InProcessIndex
     from xqg_ray.models.encoder import load_encoder
     from xqg_ray.stages.index import index_url
 

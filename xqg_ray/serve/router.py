@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+import faiss
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,9 +32,10 @@ from xqg_ray.index.search import (
     merge_topk,
 )
 from xqg_ray.index.shard_cache import load_entry_map_cached
+from xqg_ray.index.shard_group import ShardGroup
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.corpus import PassageLookup, passage_table
-from xqg_ray.serve.deployments import DEFAULT_MAX_BATCH, SHUTDOWN_S, ShardGroup, TextEncoder
+from xqg_ray.serve.deployments import DEFAULT_MAX_BATCH, SHUTDOWN_S, TextEncoder
 from xqg_ray.serve.http_api import (
     ROUTES,
     NotSupported,
@@ -121,6 +123,7 @@ class SearchRouter:
         self.local = None
         if layout["search_in_router"]:
             self.group_shards = [list(range(self.n_shards))]
+            faiss.omp_set_num_threads(1)  # the group searches shards in parallel threads
             self.local = ShardGroup(
                 index_url, manifest, self.group_shards[0], local_dir, self.cfg.mmap
             )

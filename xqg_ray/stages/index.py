@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from xqg_ray.config import RunConfig
 from xqg_ray.errors import InputError
 from xqg_ray.index import shards as faiss_shards
-from xqg_ray.index.shards import build_shards, load_manifest
+from xqg_ray.index.shards import IndexManifest, load_manifest
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.augment import multivector_stride
@@ -89,49 +89,16 @@ def current_manifest(url: str, meta: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def build_index(
-    cfg: RunConfig,
-    strategy: str,
-    languages: Sequence[str] | None = None,
-    entries: pa.Table | None = None,
+    cfg: RunConfig, strategy: str, languages: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Build the strategy's index (of the passages in `languages` only, when given), or reuse
-    one built from the same parameters. Shards are built in parallel from the entries' parts
-    (`build_from_parts`); `entries`, when given, are indexed from memory instead."""
+    """Build the strategy's index (of the passages in `languages` only, when given) in parallel
+    from the entries' parts, or reuse one built from the same parameters."""
     out = index_url(cfg, strategy, languages)
     meta = index_meta(cfg, strategy, languages)
     manifest = current_manifest(out, meta)
     if manifest is not None:
         return manifest
-    if entries is None:
-        return build_from_parts(cfg, strategy, languages, out, meta)
-    if languages is not None:
-        entries = entries_in_languages(cfg, entries, languages)
-    if entries.num_rows == 0:
-        where = "" if languages is None else f" in languages {sorted(languages)}"
-        raise InputError(f"{entries_url(cfg, strategy)}: no index entries{where}")
-    ids = entries["id"].to_numpy()
-    entry_to_passage = None
-    if strategy == "multivector":
-        entry_to_passage = ids // multivector_stride(cfg)
-    return build_shards(
-        arrow_to_vectors(entries["vector"]),
-        ids,
-        out,
-        n_shards=min(cfg.index.shards, entries.num_rows),
-        factory=cfg.index.factory,
-        train_sample=cfg.index.train_sample,
-        meta=meta,
-        entry_to_passage=entry_to_passage,
-        pids=entries["pid"].to_pylist(),
-    )
-
-
-def entries_in_languages(cfg: RunConfig, entries: pa.Table, languages: Sequence[str]) -> pa.Table:
-    """The entries whose passage is in one of `languages` (the collection knows each pid's)."""
-    passages = PartitionedTable(RunPaths(cfg.root).collection).read(columns=["pid", "lang"])
-    wanted = pc.is_in(passages["lang"], value_set=pa.array(list(languages), pa.string()))
-    pids = passages.filter(wanted)["pid"].combine_chunks()
-    return entries.filter(pc.is_in(entries["pid"], value_set=pids))
+    return build_from_parts(cfg, strategy, languages, out, meta)
 
 
 @dataclass(frozen=True)
@@ -308,17 +275,17 @@ def build_from_parts(
         where = "" if languages is None else f" in languages {sorted(languages)}"
         raise InputError(f"{source.url}: no index entries{where}")
     pid_map, entry_map = _run_tasks(cfg, [(_side_files, plan, shards, parts)])[0]
-    return faiss_shards.write_manifest(
-        out,
-        dim,
-        cfg.index.factory,
-        shards,
-        meta=meta,
+    manifest = IndexManifest(
+        dimension=dim,
+        factory=cfg.index.factory,
+        shards=shards,
         trained=trained,
         entry_stride=stride,
         entry_map=entry_map,
         pid_map=pid_map,
+        meta=meta,
     )
+    return faiss_shards.write_manifest(out, manifest)
 
 
 def _side_files(plan: ShardPlan, shards: list[dict], parts: list[str]) -> tuple[dict, dict | None]:
@@ -329,9 +296,7 @@ def _side_files(plan: ShardPlan, shards: list[dict], parts: list[str]) -> tuple[
     total = sum(s["count"] for s in shards)
     if plan.stride is not None and total <= faiss_shards.LEGACY_ENTRY_MAP_MAX:
         ids = np.concatenate([part_entries(plan, p)["id"].to_numpy() for p in parts])
-        entry_map = faiss_shards.write_stride_entry_map(
-            plan.out, ids, plan.stride, max(s["max_entries_per_passage"] for s in shards)
-        )
+        entry_map = faiss_shards.write_entry_map(plan.out, ids, ids // plan.stride)
     return pid_map, entry_map
 
 
