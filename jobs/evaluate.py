@@ -25,8 +25,8 @@ from xqg_ray.config import load_config
 from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.tables import evaluation_markdown
 from xqg_ray.paths import RunPaths
-from xqg_ray.research import study
-from xqg_ray.research.report import write_report
+from xqg_ray.report import study
+from xqg_ray.report.render import write_report
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Throughput and latency sweeps of a built run, then its report (research/report.py).
+"""Throughput and latency sweeps of a built run, then its report (report/render.py).
 
     python jobs/sweep.py --config jobs/configs/sweep-demo.yaml
     python jobs/sweep.py --config jobs/configs/sweep-demo.yaml --set sweeps.search.concurrency=[1]
@@ -18,7 +18,7 @@ import _bootstrap  # noqa: F401  (puts the repo root on sys.path)
 from xqg_ray.bench.sweep import SWEEPS, load_sweep_config, run_sweeps
 from xqg_ray.cli import run_job
 from xqg_ray.config import load_config
-from xqg_ray.research.report import write_report
+from xqg_ray.report.render import write_report
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ LAYERS = [
     {"stages", "serve"},
     {"evaluate"},
     {"testing"},
-    {"research", "bench"},
+    {"report", "bench"},
     {"cli", "jobs"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -14,7 +14,7 @@ from helpers import tiny_run_config
 from xqg_ray.bench.sweep import load_sweep_config, run_sweeps
 from xqg_ray.errors import ConfigError
 from xqg_ray.evaluate.driver import evaluate_settings
-from xqg_ray.research.report import write_report
+from xqg_ray.report.render import write_report
 from xqg_ray.stages.pipeline import build
 
 EXPERIMENT = "sweep-test"

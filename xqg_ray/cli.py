@@ -192,8 +192,8 @@ def demo(
     verbose: VerboseOpt = False,
 ) -> None:
     """`make demo`: XQuAD X->en, all four strategies, the research report."""
-    from xqg_ray.research import study
-    from xqg_ray.research.report import opening, write_report
+    from xqg_ray.report import study
+    from xqg_ray.report.render import opening, write_report
 
     overrides = list(set_ or [])
     if data_dir:

@@ -367,7 +367,7 @@ class EvaluateConfig(Strict):
 
 
 class CostConfig(Strict):
-    """The research report's cost probes (`research/`): real architectures, random weights."""
+    """The research report's cost probes (`report/`): real architectures, random weights."""
 
     enabled: bool = Field(
         default=False, description="jobs/evaluate.py: measure indexing and query-time cost."

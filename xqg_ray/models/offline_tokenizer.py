@@ -1,6 +1,6 @@
 """A SentencePiece tokenizer trained offline on given texts, saved as T5 or BERT would save one.
 
-Random-weight checkpoints (`research/shapes.py`, and the tiny test models) need a tokenizer on
+Random-weight checkpoints (`models/shapes.py`, and the tiny test models) need a tokenizer on
 machines that reach no model hub. A unigram model with byte fallback tokenizes any script; its ids
 (< 1,003) fit inside any real vocabulary, and `from_pretrained` loads it like a real checkpoint's.
 """

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xqg_ray.config import OFFLINE_E5, EncoderConfig, GeneratorConfig, RunConfig
+from xqg_ray.models.shapes import SHAPE_NAMES, named_config, random_checkpoint
 from xqg_ray.paths import RunPaths
-from xqg_ray.research.shapes import SHAPE_NAMES, named_config, random_checkpoint
 from xqg_ray.stages.augment import select_generated
 from xqg_ray.stages.encode import expanded_inputs, passage_input
 from xqg_ray.stages.roles import uses_standin

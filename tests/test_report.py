@@ -19,9 +19,9 @@ from xqg_ray.evaluate import tuning
 from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.evaluate.tables import headline
 from xqg_ray.paths import RunPaths
-from xqg_ray.research import study
-from xqg_ray.research.caveats import OFFICIAL_GENERATOR, generator_caveats
-from xqg_ray.research.cost import (
+from xqg_ray.report import study
+from xqg_ray.report.caveats import OFFICIAL_GENERATOR, generator_caveats
+from xqg_ray.report.cost import (
     mean_output_tokens,
     measure_indexing_cost,
     mt5_lengths,
@@ -29,9 +29,9 @@ from xqg_ray.research.cost import (
     translator_reload,
     word_windows,
 )
-from xqg_ray.research.latency import measure_query_cost
-from xqg_ray.research.literature import LAREQA_MBERT, xquad_r_section
-from xqg_ray.research.report import opening, write_report
+from xqg_ray.report.latency import measure_query_cost
+from xqg_ray.report.literature import LAREQA_MBERT, xquad_r_section
+from xqg_ray.report.render import opening, write_report
 from xqg_ray.stages.pipeline import build
 from xqg_ray.stages.roles import run_roles
 from xqg_ray.storage import PartitionedTable, read_table, write_table

@@ -1,6 +1,6 @@
 """The research-question report: what each strategy costs and buys, from the measured files only.
 
-    python -m xqg_ray.research.report --root runs/demo --experiment demo
+    python -m xqg_ray.report.render --root runs/demo --experiment demo
 
 Reads the build's `stats/*.json` and, under `results/<experiment>/`, the evaluation
 (`evaluation.json`, test queries only when a dev split exists), the dev tuning (`xqg_tuning.json`),
@@ -20,7 +20,7 @@ from xqg_ray.config import STRATEGIES
 from xqg_ray.evaluate.figures import png_bytes
 from xqg_ray.evaluate.tables import display_name, headline, language_table
 from xqg_ray.paths import RunPaths
-from xqg_ray.research import answer, caveats, literature
+from xqg_ray.report import answer, caveats, literature
 from xqg_ray.storage import (
     exists,
     join,

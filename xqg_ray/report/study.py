@@ -93,8 +93,8 @@ def generated_counts(cfg: RunConfig) -> dict[str, Any]:
 def measure_costs(cfg: RunConfig, echo: Echo, service: bool = True) -> None:
     """cost.json (indexing), latency.json (in-process) and service.json (HTTP)."""
     from xqg_ray.evaluate.service_check import check_service
-    from xqg_ray.research.cost import measure_indexing_cost
-    from xqg_ray.research.latency import measure_query_cost
+    from xqg_ray.report.cost import measure_indexing_cost
+    from xqg_ray.report.latency import measure_query_cost
 
     out = RunPaths(cfg.root).results(cfg.evaluate.experiment)
     hardware = machine_label()
