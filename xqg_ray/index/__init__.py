@@ -14,9 +14,7 @@ from xqg_ray.index.shards import (
     IndexSpec,
     build_shards,
     find_index,
-    load_entry_map,
     load_manifest,
-    load_pid_map,
     load_shard,
 )
 
@@ -30,9 +28,7 @@ __all__ = [
     "build_shards",
     "collapse_to_passages",
     "find_index",
-    "load_entry_map",
     "load_manifest",
-    "load_pid_map",
     "load_shard",
     "merge_topk",
     "search_index",

@@ -94,21 +94,25 @@ def load_shard_cached(
     return read_shard_file(cached_file(index_url, shards[shard], cache_dir), manifest, shard, mmap)
 
 
+def _cached_side_file(
+    index_url: str, manifest: dict, key: str, cache_dir: str | None
+) -> str | None:
+    """The verified local path of the manifest's `key` file, or None when it records none."""
+    entry = manifest.get(key)
+    return cached_file(index_url, entry, cache_dir) if entry else None
+
+
 def load_entry_map_cached(
     index_url: str, manifest: dict, cache_dir: str | None = None
 ) -> np.ndarray | None:
     """The multivector [entry id, passage id] table, memory-mapped; None for one entry each."""
-    entry = manifest.get("entry_map")
-    if not entry:
-        return None
-    return read_entry_map_file(cached_file(index_url, entry, cache_dir), mmap=True)
+    path = _cached_side_file(index_url, manifest, "entry_map", cache_dir)
+    return None if path is None else read_entry_map_file(path, mmap=True)
 
 
 def load_pid_table_cached(
     index_url: str, manifest: dict, cache_dir: str | None = None
 ) -> pa.Table | None:
     """passage id -> pid (columns id, pid, sorted by id), or None when the index has no pids."""
-    entry = manifest.get("pid_map")
-    if not entry:
-        return None
-    return pq.read_table(cached_file(index_url, entry, cache_dir))
+    path = _cached_side_file(index_url, manifest, "pid_map", cache_dir)
+    return None if path is None else pq.read_table(path)

@@ -478,16 +478,6 @@ def read_shard_file(path: str, manifest: dict, shard: int, mmap: bool = True) ->
     return index
 
 
-def load_entry_map(
-    index_url: str, manifest: dict, local_dir: str | None = None
-) -> np.ndarray | None:
-    """The multivector (n, 2) [entry id, passage id] table, or None for one entry per passage."""
-    entry = manifest.get("entry_map")
-    if not entry:
-        return None
-    return read_entry_map_file(_verified_local_file(index_url, entry, local_dir))
-
-
 def read_entry_map_file(path: str, mmap: bool = False) -> np.ndarray:
     """A verified local entry-map file as an (n, 2) int64 array (memory-mapped if asked)."""
     try:
@@ -499,15 +489,6 @@ def read_entry_map_file(path: str, mmap: bool = False) -> np.ndarray:
             f"{path}: entry map must be (n, 2) int64, got {pairs.shape} {pairs.dtype}"
         )
     return pairs
-
-
-def load_pid_map(index_url: str, manifest: dict, local_dir: str | None = None) -> pa.Table | None:
-    """The passage id -> pid table (columns id, pid, sorted by id), or None if not recorded."""
-    entry = manifest.get("pid_map")
-    if not entry:
-        return None
-    path = _verified_local_file(index_url, entry, local_dir)
-    return pq.read_table(path)
 
 
 def find_index(url: str) -> str:

@@ -2,7 +2,8 @@
 
 Today one benchmark has them: XQuAD-R, LAReQA's X->X retrieval (every question, in each of its 11
 languages, searches one pool of the answer sentences of all 11 languages). The report prints this
-run's mAP@20 beside LAReQA's mBERT baselines and says what differs (README, "XQuAD-R").
+run's mAP@20 beside LAReQA's mBERT baselines and says what differs (docs/benchmarks.md,
+"XQuAD-R beside LAReQA's published baselines").
 """
 
 from __future__ import annotations

@@ -212,24 +212,29 @@ class AugmentTask:
         return part_result(part, passages.num_rows, table.num_rows, {self.target.url: record})
 
 
-def xqg_entries(cfg: RunConfig, passages: pa.Table, generated: pa.Table) -> pa.Table:
-    """A part's xqg entries from its passage vectors and generated-query vectors (`vector`)."""
+def _part_vectors(
+    cfg: RunConfig, passages: pa.Table, generated: pa.Table
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A part's passage vectors, its selected generated-query vectors, and each query's
+    passage row."""
     augment = cfg.augment
     generated = select_generated(generated, augment.languages, augment.queries_per_language)
     passage_vectors = arrow_to_vectors(passages["vector"])
     query_vectors = arrow_to_vectors(generated["vector"]).reshape(-1, passage_vectors.shape[1])
     rows = row_positions(generated["pid"], passages["pid"].to_pylist())
-    mixed = xqg_mix(passage_vectors, query_vectors, rows, augment.alpha, augment.reduce)
+    return passage_vectors, query_vectors, rows
+
+
+def xqg_entries(cfg: RunConfig, passages: pa.Table, generated: pa.Table) -> pa.Table:
+    """A part's xqg entries from its passage vectors and generated-query vectors (`vector`)."""
+    passage_vectors, query_vectors, rows = _part_vectors(cfg, passages, generated)
+    mixed = xqg_mix(passage_vectors, query_vectors, rows, cfg.augment.alpha, cfg.augment.reduce)
     return passages.select(["id", "pid"]).append_column("vector", vectors_to_arrow(mixed))
 
 
 def multivector_entries(cfg: RunConfig, passages: pa.Table, generated: pa.Table) -> pa.Table:
     """A part's multivector entries: each passage vector and each of its queries' vectors."""
-    augment = cfg.augment
-    generated = select_generated(generated, augment.languages, augment.queries_per_language)
-    passage_vectors = arrow_to_vectors(passages["vector"])
-    query_vectors = arrow_to_vectors(generated["vector"]).reshape(-1, passage_vectors.shape[1])
-    rows = row_positions(generated["pid"], passages["pid"].to_pylist())
+    passage_vectors, query_vectors, rows = _part_vectors(cfg, passages, generated)
     stride = multivector_stride(cfg)
     passage_ids = passages["id"].to_numpy()
     ids = np.concatenate([passage_ids * stride, multivector_ids(passage_ids, rows, stride)])

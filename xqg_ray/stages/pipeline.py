@@ -118,24 +118,16 @@ def build(cfg: RunConfig) -> dict[str, Any]:
             cfg.stages.generate,
             {"generator": cfg.generator.model_dump()},
         )
-    stats["encode-passages"] = _stage(
-        cfg,
-        "encode-passages",
-        (EncodeTask, "passages"),
-        passage_parts,
-        paths.embeddings(enc, "passages"),
-        cfg.stages.encode,
-        encoder_meta,
-    )
-    stats["encode-queries"] = _stage(
-        cfg,
-        "encode-queries",
-        (EncodeTask, "queries"),
-        query_parts,
-        paths.embeddings(enc, "queries"),
-        cfg.stages.encode,
-        encoder_meta,
-    )
+    for texts, parts in (("passages", passage_parts), ("queries", query_parts)):
+        stats[f"encode-{texts}"] = _stage(
+            cfg,
+            f"encode-{texts}",
+            (EncodeTask, texts),
+            parts,
+            paths.embeddings(enc, texts),
+            cfg.stages.encode,
+            encoder_meta,
+        )
     strategies = cfg.augment.strategies
     if "xqg" in strategies or "multivector" in strategies:
         stats.update(encode_generated(cfg, passage_parts))
