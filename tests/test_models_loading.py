@@ -178,3 +178,18 @@ def test_ensure_tiny_models_builds_once_and_leaves_no_temporaries(tmp_path, xqua
 def test_tiny_build_without_text_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="text_dir"):
         build_tiny_bert(str(tmp_path / "out"), text_dir=str(tmp_path))
+
+
+def test_random_checkpoint_builds_once_per_recipe(tmp_path):
+    """The one random-weight builder: cached by config and texts, staged and renamed into place;
+    `fit_vocabulary` gives the model exactly the tokenizer's vocabulary."""
+    from xqg_ray.models.shapes import MBERT_MINI, bert_config, random_checkpoint
+
+    texts = ["ein kleiner Satz", "a small sentence", "une petite phrase"] * 20
+    config = bert_config(MBERT_MINI)
+    path = random_checkpoint(config, texts, tmp_path)
+    fitted = random_checkpoint(config, texts, tmp_path, fit_vocabulary=True)
+    assert random_checkpoint(config, texts, tmp_path) == path != fitted
+    assert sorted(os.listdir(tmp_path)) == sorted([Path(path).name, Path(fitted).name])
+    assert AutoConfig.from_pretrained(path).vocab_size == MBERT_MINI["vocab_size"]
+    assert AutoConfig.from_pretrained(fitted).vocab_size == len(AutoTokenizer.from_pretrained(path))
