@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel, MT5ForConditionalGeneration
 
 from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
-from xqg_ray.bench.gpu_models import bert_config, main, mt5_config, peak_bf16_tflops
-from xqg_ray.bench.workload import MBERT_SMALL, MT5_SMALL
+from xqg_ray.bench.gpu_models import main, peak_bf16_tflops
+from xqg_ray.models.shapes import MBERT_MINI, MT5_MINI, bert_config, mt5_config
 
 
 def test_encoder_flops_match_a_hand_computation():
@@ -39,7 +39,7 @@ def test_generation_flops_match_a_hand_computation():
 
 def test_encoder_flops_equal_torch_flop_counter_on_a_real_bert():
     torch.manual_seed(0)
-    config = bert_config(MBERT_SMALL)
+    config = bert_config(MBERT_MINI)
     model = BertModel(config, add_pooling_layer=False).eval()
     model.set_attn_implementation("eager")  # plain matmuls, which the counter sees
     ids = torch.randint(5, config.vocab_size, (1, 37))
@@ -50,7 +50,7 @@ def test_encoder_flops_equal_torch_flop_counter_on_a_real_bert():
 
 def test_generation_flops_equal_torch_flop_counter_on_a_real_mt5():
     torch.manual_seed(0)
-    config = mt5_config(MT5_SMALL)
+    config = mt5_config(MT5_MINI)
     model = MT5ForConditionalGeneration(config).eval()
     model.set_attn_implementation("eager")
     shape = Seq2SeqShape.from_config(config)
@@ -103,8 +103,8 @@ def test_small_cpu_run_writes_a_complete_report(tmp_path):
     assert report["device"]["type"] == "cpu"
     assert report["torch"] == torch.__version__
     assert report["peak_bf16_tflops"] is None
-    assert report["shapes"]["mt5"]["d_model"] == MT5_SMALL["d_model"]
-    assert report["shapes"]["mbert"]["hidden_size"] == MBERT_SMALL["hidden_size"]
+    assert report["shapes"]["mt5"]["d_model"] == MT5_MINI["d_model"]
+    assert report["shapes"]["mbert"]["hidden_size"] == MBERT_MINI["hidden_size"]
     workload = report["workload"]
     for key, unit in (("generation", "generated tokens"), ("encoding", "passages")):
         section = report[key]

@@ -3,40 +3,52 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("ctranslate2")
 
 from xqg_ray.bench import engines  # noqa: E402
+from xqg_ray.models.loading import CACHE_ENV  # noqa: E402
+from xqg_ray.models.shapes import MBERT_MINI  # noqa: E402
 
 
-def test_vocabulary_stub_has_t5_special_tokens():
-    stub = engines.VocabularyStub(10)
-    assert stub.get_vocab()["</s>"] == 1 and stub.pad_token == "<pad>"
-    assert stub.convert_ids_to_tokens(0) == "<pad>"
-    assert stub.convert_ids_to_tokens([5, 9]) == ["t5", "t9"]
+def test_word_texts_are_one_token_per_word(tmp_path):
+    """The benchmark's inputs have known token lengths: its tokenizer keeps its words whole."""
+    from transformers import AutoTokenizer
+
+    from xqg_ray.bench.workload import whole_words, word_corpus, word_texts
+    from xqg_ray.models.offline_tokenizer import save_t5_tokenizer, train_sentencepiece_on
+
+    save_t5_tokenizer(train_sentencepiece_on(word_corpus()), str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    words = whole_words(tokenizer)
+    assert len(words) >= engines.FULL.restricted_vocab
+    texts = word_texts(np.random.default_rng(0), words, [1, 7, 300])
+    assert [len(ids) for ids in tokenizer(texts)["input_ids"]] == [2, 8, 301]  # + </s>
 
 
-def test_conversion_leaves_the_benchmarked_model_untouched(tmp_path):
-    """CTranslate2's converter quantizes weights in place; the torch row must not see that."""
-    _, convertible, model = engines._encoder_models("bert", engines.MBERT_SMALL)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    engines.convert_in_memory(convertible, 1024, "int8", tmp_path / "m")
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert (tmp_path / "m" / "model.bin").is_file()
+def test_product_caches_stay_in_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, "users-cache")
+    with engines.caches_in(tmp_path):
+        assert os.environ[CACHE_ENV] == str(tmp_path)
+    assert os.environ[CACHE_ENV] == "users-cache"
 
 
 def test_matmul_peak_is_positive():
     assert engines.matmul_peak_gflops(torch.device("cpu"), torch.float32, size=256) > 0
 
 
-def test_tiny_run_end_to_end(tmp_path):
+def test_tiny_run_end_to_end(tmp_path, monkeypatch):
+    """Every row through the product's classes; nothing left in the user's caches."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     plan = replace(
         engines.QUICK,
-        encoders={"mBERT-tiny": ("bert", engines.MBERT_SMALL)},
+        encoders={"mBERT-tiny": ("bert", MBERT_MINI)},
         passages=2,
         input_tokens=32,
         output_tokens=6,
@@ -67,6 +79,7 @@ def test_tiny_run_end_to_end(tmp_path):
     text = engines.summary(report)
     assert "ctranslate2-int8" in text and "random weights" in text
     json.dumps(report)  # the report is JSON-ready
+    assert not (tmp_path / "cache").exists()
 
 
 def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):

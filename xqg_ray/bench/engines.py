@@ -1,18 +1,26 @@
 """Generation and encoding engines side by side: Hugging Face / torch against CTranslate2 and
 ONNX Runtime, on the shapes xQG runs, in one process and one run.
 
-Throughput does not depend on weights (docs/architecture.md): models are built from configs with the
-shapes of `google/mt5-small`, `google/mt5-base`, `bert-base-multilingual-cased` and
-`xlm-roberta-base`, with random weights, and fed random token ids. Generation uses the published
-decoding (top-k 10, 5 samples per passage) with a fixed output length (EOS suppressed), so every
-engine does the same work; the CTranslate2 rows call `translate_batch` with the options the
-production generator uses (`generator.decoding_options`). Encoders run length-sorted batches and
-return CLS vectors.
+Every row runs the product's own classes: `load_generator` (`HFGenerator`, `CT2Generator`) and
+`load_encoder` (`HFEncoder` on the torch, ctranslate2 and onnxruntime engines), so the figures
+include the tokenization, batching, conversion and decoding options users run. Throughput does not
+depend on weights (docs/architecture.md): the checkpoints have the shapes of `google/mt5-small`,
+`google/mt5-base`, `bert-base-multilingual-cased` and `xlm-roberta-base` and random weights,
+written by the one random-weight builder (`models/shapes.random_checkpoint`) with an offline
+tokenizer trained on pseudo-words; the inputs are texts of those words, one token each
+(`workload.word_texts`). Generation uses the published prompt and decoding (top-k 10, 5 samples
+per passage) with inputs truncated to exactly `input_tokens` and a fixed output length
+(`fixed_output_tokens`, EOS suppressed), so every engine does the same work; CTranslate2 keeps one
+translator while timed (`CT2Generator.keep_translator`), and the restricted row restricts the
+output vocabulary as the product does (`restrict_vocabulary`, here to `restricted_vocab` words).
+Encoders run length-sorted batches of `encode_batch` texts and return CLS vectors.
 
 Each row gives passages/s, tokens/s (generated tokens, or input tokens for encoders), the ratio
 to the Hugging Face / torch row of the same model, and achieved matmul GFLOP/s as a share of this
 machine's fp32 (bf16 on GPUs) matmul peak, measured in the same run with a square torch matmul.
 FLOPs are counted by `bench/flops.py`, as in `gpu_models` (useful matmul FLOPs of unpadded tokens).
+Checkpoints, conversions and exports go to a temporary folder (`XQG_RAY_CACHE` points there for
+the run), not to the user's cache.
 
     python -m xqg_ray.bench.engines --out runs/bench/engines.json          # CPU, full shapes
     python -m xqg_ray.bench.engines --quick                                 # tiny shapes, < 3 min
@@ -22,61 +30,48 @@ FLOPs are counted by `bench/flops.py`, as in `gpu_models` (useful matmul FLOPs o
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import (
-    BertModel,
-    MT5ForConditionalGeneration,
-    XLMRobertaConfig,
-    XLMRobertaForSequenceClassification,
-)
+from transformers import PretrainedConfig
 
 from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
 from xqg_ray.bench.harness import format_table, machine_info, package_versions, write_results
 from xqg_ray.bench.timing import clocked
-from xqg_ray.bench.workload import (
-    FIRST_TOKEN_ID,
-    MBERT_SMALL,
-    MT5_SMALL,
-    Workload,
-    generate_step,
-    random_inputs,
-)
-from xqg_ray.config import GeneratorConfig
-from xqg_ray.models import ct2, onnx_export, vocabulary
+from xqg_ray.bench.workload import whole_words, word_corpus, word_texts
+from xqg_ray.config import EncoderConfig, GeneratorConfig
+from xqg_ray.models import onnx_export
 from xqg_ray.models.device import resolve_device
-from xqg_ray.models.generator import decoding_options
-from xqg_ray.models.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
+from xqg_ray.models.encoder import load_encoder
+from xqg_ray.models.generator import load_generator
+from xqg_ray.models.loading import CACHE_ENV, load_tokenizer
+from xqg_ray.models.prompts import prompts_for
+from xqg_ray.models.shapes import (
+    MBERT_BASE,
+    MBERT_MINI,
+    MT5_BASE,
+    MT5_MINI,
+    MT5_SMALL,
+    XLMR_BASE,
+    bert_config,
+    mt5_config,
+    random_checkpoint,
+    xlmr_config,
+)
 
-# Shapes bench/workload.py does not have: the real mT5-small and XLM-R base (random weights).
-MT5_SMALL_REAL = {
-    "vocab_size": 250112,
-    "d_model": 512,
-    "d_kv": 64,
-    "d_ff": 1024,
-    "num_layers": 8,
-    "num_decoder_layers": 8,
-    "num_heads": 6,
-}
-XLMR_BASE = {
-    "vocab_size": 250002,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-}
-XLMR_SMALL = {**MBERT_SMALL}
 ENGINE_PACKAGES = ("ctranslate2", "onnxruntime", "onnx", "onnxscript")
+ENCODER_CONFIGS = {"bert": bert_config, "xlmr": xlmr_config}
+LANGUAGE = "de"  # the generated language; the restricted row's vocabulary map keys on its name
 GENERATION_GOAL = 3.5  # target: mT5-base, CPU, CTranslate2 int8 against HF generate fp32
 ENCODING_GOAL = 2.0  # target: mBERT-base, CPU, fastest engine against torch fp32
 
@@ -86,7 +81,7 @@ class Plan:
     """What one run measures."""
 
     generators: dict[str, dict] = field(
-        default_factory=lambda: {"mT5-small": MT5_SMALL_REAL, "mT5-base": MT5_BASE}
+        default_factory=lambda: {"mT5-small": MT5_SMALL, "mT5-base": MT5_BASE}
     )
     encoders: dict[str, tuple[str, dict]] = field(
         default_factory=lambda: {
@@ -100,7 +95,9 @@ class Plan:
     output_tokens: int = 24
     top_k: int = 10
     generate_batch: int = 16
-    restricted_vocab: int = 32000  # output tokens of a language (assumed; 0: no such row)
+    # output words of the language, plus the special tokens (0: no such row); at most the
+    # offline tokenizer's whole words (`workload.whole_words`: 575), so not mT5's 32k
+    restricted_vocab: int = 512
     restriction_repeats: int = 3  # restricted vs unrestricted int8, alternating
     encode_passages: int = 64
     encode_length: int = 128
@@ -110,28 +107,23 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(
-    generators={"mT5-tiny": MT5_SMALL},
-    encoders={"mBERT-tiny": ("bert", MBERT_SMALL), "XLM-R-tiny": ("xlmr", XLMR_SMALL)},
+    generators={"mT5-tiny": MT5_MINI},
+    encoders={"mBERT-tiny": ("bert", MBERT_MINI), "XLM-R-tiny": ("xlmr", MBERT_MINI)},
     passages=8,
     encode_passages=64,
     restricted_vocab=256,
 )
 
 
-class VocabularyStub:
-    """What the CTranslate2 converters read from a tokenizer, for a random-weight model whose
-    token ids need no text: token `t<i>` for id i, T5's or BERT's special tokens."""
+@dataclass(frozen=True)
+class Bench:
+    """What every row of a run shares."""
 
-    def __init__(self, size: int, pad: int = 0, eos: int = 1, unk: int = 2):
-        special = {pad: "<pad>", eos: "</s>", unk: "<unk>"}
-        self.tokens = [special.get(i, f"t{i}") for i in range(size)]
-        self.pad_token, self.eos_token, self.unk_token = special[pad], special[eos], special[unk]
-
-    def get_vocab(self) -> dict[str, int]:
-        return {token: i for i, token in enumerate(self.tokens)}
-
-    def convert_ids_to_tokens(self, ids):
-        return self.tokens[ids] if isinstance(ids, int) else [self.tokens[i] for i in ids]
+    plan: Plan
+    device: torch.device
+    peak: float
+    work: Path
+    log: Callable[[dict], None]
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
@@ -149,14 +141,29 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
     return 2 * size**3 / best / 1e9
 
 
-def convert_in_memory(model: torch.nn.Module, vocab_size: int, quantization: str, out: Path):
-    """A CTranslate2 model from an in-memory transformers model (config read from a folder).
-    The converter quantizes some weights in place, so it gets a copy."""
-    model = copy.deepcopy(model)
-    with tempfile.TemporaryDirectory() as config_dir:
-        model.config.save_pretrained(config_dir)
-        stub = VocabularyStub(vocab_size)  # encoders read only the token list and <unk>
-        return ct2.convert(config_dir, out, quantization, model=model, tokenizer=stub)
+@contextmanager
+def caches_in(folder: Path) -> Iterator[None]:
+    """The product's conversion and export caches (`XQG_RAY_CACHE`) inside `folder` while the
+    run lasts: conversions of random weights are not worth keeping."""
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = saved
+
+
+def checkpoint(config: PretrainedConfig, bench: Bench) -> str:
+    """The random-weight checkpoint of `config`, its tokenizer trained on the words the inputs
+    are made of. An encoder gets the tokenizer's vocabulary: an embedding lookup costs the same
+    at any vocabulary size, and CTranslate2's XLM-R converter wants the two sizes equal."""
+    encoder = not config.is_encoder_decoder
+    return random_checkpoint(
+        config, word_corpus(), bench.work / "checkpoints", fit_vocabulary=encoder
+    )
 
 
 def _row(
@@ -182,272 +189,187 @@ def _row(
     }
 
 
-def bench_generation(
-    name: str, shape: dict, plan: Plan, device: torch.device, peak: float, work: Path, log
-) -> list[dict]:
-    """HF generate against CTranslate2 (int8 and float32 on CPU; bf16 types on GPU)."""
-    import ctranslate2
+@dataclass(frozen=True)
+class Passages:
+    """Generation inputs: titles and texts whose prompts are cut to exactly `input_tokens`."""
 
-    config = mt5_config(shape)
-    gpu = device.type == "cuda"
-    hf_dtype = torch.bfloat16 if gpu else torch.float32
-    workload = Workload(
-        mt5=shape,
-        mbert=MBERT_SMALL,
-        generate_input_length=plan.input_tokens,
-        new_tokens=plan.output_tokens,
-        sequences_per_input=plan.samples,
-        top_k=plan.top_k,
-    )
-    rng = np.random.default_rng(0)
-    inputs = random_inputs(rng, plan.passages, plan.input_tokens, 1.0, config.vocab_size)
-    flops = Seq2SeqShape.from_config(config).generation_flops(
-        [len(x) for x in inputs], plan.output_tokens, plan.samples
-    )
+    titles: list[str]
+    texts: list[str]
+    lengths: list[int]
+
+    @classmethod
+    def of_words(cls, tokenizer: Any, cfg: GeneratorConfig, count: int) -> Passages:
+        rng = np.random.default_rng(0)
+        words = whole_words(tokenizer)
+        titles = word_texts(rng, words, [1] * count)
+        texts = word_texts(rng, words, [cfg.max_input_length] * count)
+        prompts = prompts_for(cfg, titles, texts, LANGUAGE)
+        fed = tokenizer(prompts, truncation=True, max_length=cfg.max_input_length)["input_ids"]
+        lengths = [len(ids) for ids in fed]
+        assert set(lengths) == {cfg.max_input_length}, lengths
+        return cls(titles, texts, lengths)
+
+
+def time_generator(
+    name: str, cfg: GeneratorConfig, passages: Passages, flop_shape: Seq2SeqShape, bench: Bench
+) -> tuple[dict, Callable[[], Any]]:
+    """One generator's row (after a warm-up call), and a call that repeats its timed work."""
+    plan = bench.plan
+    generator = load_generator(cfg)
+    extra: dict[str, Any] = {}
+    keep = getattr(generator, "keep_translator", None)
+    if keep is not None:  # CTranslate2: no per-call translator reload while timed
+        keep()
+        extra["load_s"] = round(generator.translator_load_s, 3)
+
+    def work() -> list[list[list[int]]]:
+        return generator.generate_ids(passages.titles, passages.texts, LANGUAGE)
+
+    generator.generate_ids(passages.titles[:1], passages.texts[:1], LANGUAGE)  # warm-up
+    seconds, ids = clocked(work, bench.device)
+    lengths = {len(query) for queries in ids for query in queries}
+    counts = {len(queries) for queries in ids}
+    assert lengths == {plan.output_tokens} and counts == {plan.samples}, (lengths, counts)
+    allowed = getattr(generator, "allowed", None)
+    if allowed is not None:
+        allowed_ids = set(allowed[LANGUAGE]) | set(range(32))  # CT2 pads the set to 16s
+        outside = sum(t not in allowed_ids for queries in ids for q in queries for t in q)
+        assert outside == 0, f"{outside} sampled tokens outside the restricted vocabulary"
+        extra["output_vocabulary"] = len(allowed[LANGUAGE])
+        flop_shape = replace(flop_shape, vocab=len(allowed[LANGUAGE]))
+    flops = flop_shape.generation_flops(passages.lengths, plan.output_tokens, plan.samples)
     tokens = plan.passages * plan.samples * plan.output_tokens
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MT5ForConditionalGeneration(config).eval()
-    rows = []
+    row = _row(name, generator.engine, seconds, plan.passages, tokens, flops, bench.peak, **extra)
+    bench.log(row)
+    return row, work
 
-    # Hugging Face generate: one batch of all passages (equal lengths, no padding)
-    model.to(device=device, dtype=hf_dtype)
-    step = generate_step(model, workload)
 
-    def hf_run(batch_inputs):
-        generated = 0
-        with torch.inference_mode():
-            for start in range(0, len(batch_inputs), plan.generate_batch):
-                ids = torch.stack(batch_inputs[start : start + plan.generate_batch]).to(device)
-                generated += step(ids, torch.ones_like(ids))
-        return generated
-
-    torch.manual_seed(0)
-    hf_run(inputs[:1])  # warm-up
-    seconds, generated = clocked(lambda: hf_run(inputs), device)
-    assert generated == tokens, (generated, tokens)
-    hf_engine = "hf-" + str(hf_dtype).removeprefix("torch.")
-    rows.append(_row(name, hf_engine, seconds, plan.passages, tokens, flops, peak))
-    log(rows[-1])
-    model.to(device="cpu", dtype=torch.float32)
-
-    cfg = GeneratorConfig(
+def bench_generation(name: str, shape: dict, bench: Bench) -> list[dict]:
+    """HF generate against CTranslate2 (int8 and float32 on CPU; bf16 types on GPU)."""
+    plan, gpu = bench.plan, bench.device.type == "cuda"
+    config = mt5_config(shape)
+    path = checkpoint(config, bench)
+    base = GeneratorConfig(
+        model=path,
+        languages=[LANGUAGE],
         queries_per_language=plan.samples,
         top_k=plan.top_k,
         fixed_output_tokens=plan.output_tokens,
         max_input_length=plan.input_tokens,
+        batch_size=plan.generate_batch,
+        device=str(bench.device),
     )
-    options = decoding_options(cfg)
-    stub = VocabularyStub(config.vocab_size)
-    source = [[stub.tokens[int(i)] for i in row] for row in inputs]
+    tokenizer = load_tokenizer(path)
+    passages = Passages.of_words(tokenizer, base, plan.passages)
+    flop_shape = Seq2SeqShape.from_config(config)
+
+    def row(**settings: Any) -> tuple[dict, Callable[[], Any]]:
+        return time_generator(name, base.model_copy(update=settings), passages, flop_shape, bench)
+
+    rows = [row(engine="hf", dtype="bfloat16" if gpu else "float32")[0]]
     fast, other = ("bfloat16", "int8_bfloat16") if gpu else ("int8", "float32")
-    variants = [(fast, False), (other, False)]
-    if plan.restricted_vocab:
-        variants.append((fast, True))
-    kept: dict[tuple, tuple] = {}
-    for compute_type, restricted in variants:
-        out = work / f"{name}-{compute_type}"
-        engine = f"ctranslate2-{compute_type}"
-        run_source, run_flops, extra = source, flops, {}
-        if restricted:
-            # a vocabulary map from one key token to `restricted_vocab` random ids (+ specials),
-            # the key put at the start of every input: each batch decodes over that set only
-            allowed = rng.choice(
-                np.arange(FIRST_TOKEN_ID, config.vocab_size), plan.restricted_vocab, replace=False
-            )
-            tokens_allowed = stub.tokens[:3] + [stub.tokens[int(i)] for i in np.sort(allowed)]
-            key = stub.tokens[FIRST_TOKEN_ID]
-            restricted_dir = work / f"{name}-{compute_type}-vmap"
-            vocabulary.add_vmap(str(out), f"{key}\t{' '.join(tokens_allowed)}\n", restricted_dir)
-            out, engine = restricted_dir, f"{engine}-restricted"
-            run_source = [[key, *row[1:]] for row in source]
-            shape_r = replace(Seq2SeqShape.from_config(config), vocab=len(tokens_allowed))
-            run_flops = shape_r.generation_flops(
-                [len(x) for x in inputs], plan.output_tokens, plan.samples
-            )
-            extra = {"output_vocabulary": len(tokens_allowed)}
-        else:
-            convert_in_memory(model, config.vocab_size, compute_type, out)
-        load_s, translator = clocked(
-            lambda out=out, compute_type=compute_type: ctranslate2.Translator(
-                str(out), compute_type=compute_type, inter_threads=1, **ct2.device_args(device)
-            ),
-            device,
-        )
-        ctranslate2.set_random_seed(0)
-        run_kwargs = {"max_batch_size": plan.generate_batch * plan.input_tokens}
-        run_kwargs |= {"batch_type": "tokens", "use_vmap": restricted, **options}
-        translator.translate_batch(run_source[:1], **run_kwargs)  # warm-up
-        seconds, results = clocked(
-            lambda t=translator, kw=run_kwargs, src=run_source: t.translate_batch(src, **kw),
-            device,
-        )
-        lengths = {len(h) for r in results for h in r.hypotheses}
-        counts = {len(r.hypotheses) for r in results}
-        assert lengths == {plan.output_tokens} and counts == {plan.samples}, (lengths, counts)
-        if restricted:
-            allowed_set = set(tokens_allowed) | set(stub.tokens[:32])  # CT2 pads to 16s
-            outside = sum(t not in allowed_set for r in results for h in r.hypotheses for t in h)
-            assert outside == 0, f"{outside} sampled tokens outside the restricted vocabulary"
-        row = _row(
-            name,
-            engine,
-            seconds,
-            plan.passages,
-            tokens,
-            run_flops,
-            peak,
-            load_s=round(load_s, 3),
-            **extra,
-        )
-        rows.append(row)
-        log(row)
-        kept[(compute_type, restricted)] = (translator, run_source, run_kwargs)
-    if plan.restricted_vocab and plan.restriction_repeats:
-        rows[-1] |= alternate(kept, (fast, False), (fast, True), plan.restriction_repeats, device)
-        log({"restriction": rows[-1]})
-    kept.clear()
+    fast_row, fast_work = row(engine="ctranslate2", compute_type=fast)
+    rows += [fast_row, row(engine="ctranslate2", compute_type=other)[0]]
     gc.collect()
+    if plan.restricted_vocab:
+        samples = restriction_samples(tokenizer, plan.restricted_vocab, bench.work / name)
+        restricted, restricted_work = row(
+            engine="ctranslate2",
+            compute_type=fast,
+            restrict_vocabulary=True,
+            vocabulary_samples=samples,
+        )
+        if plan.restriction_repeats:
+            restricted |= alternate(fast_work, restricted_work, plan.restriction_repeats, bench)
+            bench.log({"restriction": restricted})
+        rows.append(restricted)
     return rows
 
 
-def alternate(kept: dict, base: tuple, other: tuple, repeats: int, device: torch.device) -> dict:
-    """Time two translators in turn, `repeats` times each, so that a load change on a shared
+def restriction_samples(tokenizer: Any, words: int, folder: Path) -> str:
+    """A vocabulary-samples folder whose `LANGUAGE` text is `words` distinct whole words."""
+    chosen = whole_words(tokenizer)[:words]
+    if len(chosen) < words:
+        raise ValueError(f"restricted_vocab {words}: the tokenizer has {len(chosen)} whole words")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{LANGUAGE}.txt").write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    return str(folder)
+
+
+def alternate(
+    base: Callable[[], Any], other: Callable[[], Any], repeats: int, bench: Bench
+) -> dict:
+    """Time two generators in turn, `repeats` times each, so that a load change on a shared
     machine hits both alike; returns both medians and their ratio."""
-    times: dict[tuple, list[float]] = {base: [], other: []}
+    times: dict[str, list[float]] = {"base": [], "other": []}
     for _ in range(repeats):
-        for key in (base, other):
-            translator, source, kwargs = kept[key]
-            seconds, _ = clocked(
-                lambda t=translator, src=source, kw=kwargs: t.translate_batch(src, **kw), device
-            )
-            times[key].append(round(seconds, 3))
-    base_s, other_s = (float(np.median(times[key])) for key in (base, other))
+        for key, work in (("base", base), ("other", other)):
+            times[key].append(round(clocked(work, bench.device)[0], 3))
+    base_s, other_s = (float(np.median(times[key])) for key in ("base", "other"))
     return {
-        "alternating_seconds": times[other],
-        "alternating_seconds_unrestricted": times[base],
+        "alternating_seconds": times["other"],
+        "alternating_seconds_unrestricted": times["base"],
         "speedup_vs_unrestricted_median": round(base_s / other_s, 2),
     }
 
 
-def _encoder_models(kind: str, shape: dict) -> tuple[Any, torch.nn.Module, torch.nn.Module]:
-    """(config, model to convert, torch model run by the torch row)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        if kind == "bert":
-            config = bert_config(shape)
-            model = BertModel(config).eval()  # with the pooler: CTranslate2's converter wants it
-            return config, model, model
-        config = XLMRobertaConfig(
-            **shape,
-            max_position_embeddings=514,
-            type_vocab_size=1,
-            pad_token_id=1,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        model = XLMRobertaForSequenceClassification(config).eval()
-        return config, model, model.roberta
+def encoder_engines(device: torch.device) -> list[tuple[str, str]]:
+    """(engine, `encoder.dtype`) of each encoding row: torch (the baseline), CTranslate2 in the
+    types `encoder.dtype` offers it (auto: int8 on the CPU), ONNX Runtime (CPU only)."""
+    if device.type == "cuda":
+        return [("torch", "bfloat16"), ("ctranslate2", "bfloat16"), ("ctranslate2", "float16")]
+    engines = [("torch", "float32"), ("ctranslate2", "auto"), ("ctranslate2", "float32")]
+    return engines + ([("onnxruntime", "float32")] if onnx_export.available() else [])
 
 
-def _batches(inputs: list[torch.Tensor], batch: int, pad: int) -> list[tuple[Any, Any]]:
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    out = []
-    for start in range(0, len(order), batch):
-        rows = [inputs[i] for i in order[start : start + batch]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = row
-            mask[r, : len(row)] = 1
-        out.append((ids, mask))
-    return out
-
-
-def bench_encoding(
-    name: str,
-    kind: str,
-    shape: dict,
-    plan: Plan,
-    device: torch.device,
-    peak: float,
-    work: Path,
-    log,
-) -> list[dict]:
-    """torch against CTranslate2 (int8, float32) and ONNX Runtime (float32, CPU only)."""
-    import ctranslate2
-
-    config, convertible, model = _encoder_models(kind, shape)
-    gpu = device.type == "cuda"
+def encoder_texts(tokenizer: Any, plan: Plan) -> tuple[list[str], list[int]]:
+    """Texts of whole words whose token lengths are uniform in [`encode_min_fraction` *
+    `encode_length`, `encode_length`], and those lengths as the encoder reads them."""
+    specials = len(tokenizer("")["input_ids"])
     rng = np.random.default_rng(1)
-    inputs = random_inputs(
-        rng, plan.encode_passages, plan.encode_length, plan.encode_min_fraction, shape["vocab_size"]
-    )
-    pad = config.pad_token_id
-    inputs = [torch.where(x == pad, FIRST_TOKEN_ID, x) for x in inputs]
-    batches = _batches(inputs, plan.encode_batch, pad)
-    lengths = [len(x) for x in inputs]
+    low = max(specials + 1, round(plan.encode_min_fraction * plan.encode_length))
+    targets = rng.integers(low, plan.encode_length + 1, size=plan.encode_passages)
+    texts = word_texts(rng, whole_words(tokenizer), targets - specials)
+    fed = tokenizer(texts, truncation=True, max_length=plan.encode_length)["input_ids"]
+    return texts, [len(ids) for ids in fed]
+
+
+def bench_encoding(name: str, kind: str, shape: dict, bench: Bench) -> list[dict]:
+    """torch against CTranslate2 (int8, float32) and ONNX Runtime (float32, CPU only)."""
+    plan, device = bench.plan, bench.device
+    config = ENCODER_CONFIGS[kind](shape)
+    path = checkpoint(config, bench)
+    texts, lengths = encoder_texts(load_tokenizer(path), plan)
     flops = EncoderShape.from_config(config).forward_flops(lengths)
-    tokens = sum(lengths)
+    base = EncoderConfig(
+        model=path,
+        pooling="cls",
+        normalize=False,
+        passage_max_length=plan.encode_length,
+        batch_size=plan.encode_batch,
+        batch_tokens=plan.encode_batch * plan.encode_length,  # batches of encode_batch texts
+        device=str(device),
+    )
     rows = []
     reference = None
-
-    def record(engine: str, run: Callable[[Any, Any], np.ndarray], **extra) -> None:
-        nonlocal reference
-        run(*batches[0])  # warm-up
-        seconds, vectors = clocked(lambda: [run(ids, mask) for ids, mask in batches], device)
-        stacked = np.concatenate(vectors)
-        if reference is None:
-            reference = stacked
-        diff = float(np.abs(stacked - reference).max())
-        row = _row(name, engine, seconds, len(inputs), tokens, flops, peak)
-        rows.append({**row, "max_abs_diff_vs_first": round(diff, 5), **extra})
-        log(rows[-1])
-
-    torch_dtype = torch.bfloat16 if gpu else torch.float32
-    model.to(device=device, dtype=torch_dtype)
-    if gpu:
-        model.set_attn_implementation("sdpa")
-
-    def torch_run(ids, mask):
-        with torch.inference_mode():
-            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device))
-            return hidden.last_hidden_state[:, 0].float().cpu().numpy()
-
-    record("torch-" + str(torch_dtype).removeprefix("torch."), torch_run)
-    model.to(device="cpu", dtype=torch.float32)
-
-    compute_types = ["bfloat16", "int8_bfloat16"] if gpu else ["int8", "float32"]
-    for compute_type in compute_types:
-        out = work / f"{name}-{compute_type}"
-        convert_in_memory(convertible, shape["vocab_size"], compute_type, out)
-        encoder = ctranslate2.Encoder(
-            str(out), compute_type=compute_type, **ct2.device_args(device)
+    for engine, dtype in encoder_engines(device):
+        settings = {"engine": engine, "dtype": dtype}
+        load_s, encoder = clocked(
+            lambda s=settings: load_encoder(base.model_copy(update=s)), device
         )
-
-        def ct2_run(ids, mask, encoder=encoder):
-            rows_ = [r[: int(n)] for r, n in zip(ids.tolist(), mask.sum(1).tolist(), strict=True)]
-            hidden = encoder.forward_batch(rows_).last_hidden_state
-            if gpu:
-                return torch.as_tensor(hidden, device=device)[:, 0].float().cpu().numpy()
-            return np.asarray(hidden)[:, 0].copy()
-
-        record(f"ctranslate2-{compute_type}", ct2_run)
+        encoder.encode_passages(texts[: plan.encode_batch])  # warm-up
+        seconds, vectors = clocked(lambda e=encoder: e.encode_passages(texts), device)
+        if reference is None:
+            reference = vectors
+        diff = float(np.abs(vectors - reference).max())
+        row = _row(name, encoder.engine, seconds, len(texts), sum(lengths), flops, bench.peak)
+        row["max_abs_diff_vs_first"] = round(diff, 5)
+        if engine == "onnxruntime":
+            row["export_s"] = round(load_s, 1)  # the export, made when the encoder loads
+        rows.append(row)
+        bench.log(row)
         del encoder
         gc.collect()
-
-    if not gpu and onnx_export.available():
-        export_s, model_file = clocked(
-            lambda: onnx_export.export_encoder(model, work / f"{name}-onnx", plan.encode_length),
-            device,
-        )
-        session = onnx_export.session(model_file, device)
-
-        def ort_run(ids, mask):
-            return onnx_export.run(session, ids.numpy(), mask.numpy())[:, 0].copy()
-
-        record("onnxruntime-float32", ort_run, export_s=round(export_s, 1))
     return rows
 
 
@@ -464,12 +386,12 @@ def run(plan: Plan, device: torch.device, log=print) -> dict:
     peak = matmul_peak_gflops(device, peak_dtype)
     log({"matmul_peak_gflops": round(peak, 1), "dtype": str(peak_dtype)})
     generation, encoding = [], []
-    with tempfile.TemporaryDirectory(prefix="xqg-engines-") as tmp:
-        work = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="xqg-engines-") as tmp, caches_in(Path(tmp)):
+        bench = Bench(plan, device, peak, Path(tmp), log)
         for name, shape in plan.generators.items():
-            generation += bench_generation(name, shape, plan, device, peak, work, log)
+            generation += bench_generation(name, shape, bench)
         for name, (kind, shape) in plan.encoders.items():
-            encoding += bench_encoding(name, kind, shape, plan, device, peak, work, log)
+            encoding += bench_encoding(name, kind, shape, bench)
     peak_after = matmul_peak_gflops(device, peak_dtype)
     ratios(generation)
     ratios(encoding)

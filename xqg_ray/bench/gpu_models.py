@@ -1,10 +1,10 @@
 """Throughput of the two models xQG runs, mT5-base generation and mBERT-base encoding, the
 optimised way against the naive way, and the share of the hardware's peak it reaches.
 
-Throughput does not depend on weights (docs/architecture.md), so both models are built offline from
-hand-written configs with the shapes of `google/mt5-base` and `bert-base-multilingual-cased` and
-random weights; inputs are random token ids. Output length is fixed (`min_new_tokens =
-max_new_tokens`), so every variant does the same work.
+Throughput does not depend on weights (docs/architecture.md), so both models are built in memory
+from the shared configs of `models/shapes.py` (the shapes of `google/mt5-base` and
+`bert-base-multilingual-cased`) with random weights; inputs are random token ids. Output length
+is fixed (`min_new_tokens = max_new_tokens`), so every variant does the same work.
 
 Variants, run one after the other on the same inputs:
 - `naive`: fp32, eager attention, one text at a time, `torch.no_grad`;
@@ -52,16 +52,16 @@ from transformers import BertModel, MT5ForConditionalGeneration
 from xqg_ray.bench.flops import EncoderShape, Seq2SeqShape
 from xqg_ray.bench.harness import format_table, machine_info, write_results
 from xqg_ray.bench.timing import clocked
-from xqg_ray.bench.workload import (
-    MBERT_SMALL,
-    MT5_SMALL,
-    Workload,
-    encode_step,
-    generate_step,
-    random_inputs,
-)
+from xqg_ray.bench.workload import Workload, encode_step, generate_step, random_inputs
 from xqg_ray.models.device import resolve_device, resolve_dtype
-from xqg_ray.models.shapes import MBERT_BASE, MT5_BASE, bert_config, mt5_config
+from xqg_ray.models.shapes import (
+    MBERT_BASE,
+    MBERT_MINI,
+    MT5_BASE,
+    MT5_MINI,
+    bert_config,
+    mt5_config,
+)
 
 GENERATION_SPEEDUP_GOAL = 3.0
 ENCODING_PEAK_GOAL = 0.5
@@ -78,8 +78,8 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 
 FULL = Workload(mt5=MT5_BASE, mbert=MBERT_BASE)
 SMALL = Workload(
-    mt5=MT5_SMALL,
-    mbert=MBERT_SMALL,
+    mt5=MT5_MINI,
+    mbert=MBERT_MINI,
     generate_inputs=8,
     generate_batch_size=8,
     generate_naive_inputs=4,

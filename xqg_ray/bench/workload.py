@@ -1,19 +1,27 @@
-"""The model work the GPU and engine benchmarks time: small shapes, random inputs, the steps.
+"""The inputs the GPU and engine benchmarks time: random token ids and the xQG steps that run
+a model on them; texts of known token lengths for the product's classes.
 
-Both benchmarks run the same xQG generation step and the same encoder step on the same kind of
-random token inputs, so their figures are comparable.
+The GPU benchmark calls the Hugging Face models directly (naive against optimised use of one
+model) on random token ids. The engine benchmark calls the product's generator and encoder
+classes, which read text: its texts are made of pseudo-words that the random-weight checkpoints'
+offline tokenizer, trained on them, reads as one token each, so a text of n words is n tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import MT5ForConditionalGeneration
 
+from xqg_ray.bench.synthetic import vocabulary
+
 FIRST_TOKEN_ID = 5  # random ids stay clear of pad (0), eos (1) and the other special ids
+WORDS = 600  # pseudo-words of the engine benchmark's texts; the tokenizer keeps most whole
 
 
 @dataclass(frozen=True)
@@ -37,24 +45,6 @@ class Workload:
     encode_batch_size: int = 512
     encode_naive_inputs: int = 512
     encode_naive_batch_size: int = 32
-
-
-MT5_SMALL = {
-    "vocab_size": 1024,
-    "d_model": 64,
-    "d_kv": 16,
-    "d_ff": 128,
-    "num_layers": 2,
-    "num_decoder_layers": 2,
-    "num_heads": 4,
-}
-MBERT_SMALL = {
-    "vocab_size": 1024,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 256,
-}
 
 
 def random_inputs(
@@ -101,3 +91,24 @@ def generate_step(
         return output.shape[0] * m
 
     return step
+
+
+@cache
+def word_corpus() -> tuple[str, ...]:
+    """What the engine benchmark's offline tokenizer is trained on: 2,000 sentences of 20 of the
+    `WORDS` pseudo-words drawn evenly, so that its pieces are mostly those words, whole."""
+    words = vocabulary(WORDS)
+    rng = np.random.default_rng(0)
+    return tuple(" ".join(rng.choice(words, 20)) for _ in range(2000))
+
+
+def whole_words(tokenizer: Any) -> list[str]:
+    """The distinct pseudo-words `tokenizer` reads as one token each."""
+    words = list(dict.fromkeys(vocabulary(WORDS).tolist()))
+    ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return [word for word, row in zip(words, ids, strict=True) if len(row) == 1]
+
+
+def word_texts(rng: np.random.Generator, words: Sequence[str], counts: Sequence[int]) -> list[str]:
+    """One text per count, of that many words drawn from `words` (n whole words: n tokens)."""
+    return [" ".join(rng.choice(words, int(n))) for n in counts]

@@ -117,16 +117,14 @@ def checkpoint_hash(path: str, config: Any) -> str:
     return hashlib.sha256(f"hub:{path}@{commit or 'unknown'}".encode()).hexdigest()
 
 
-def _converter(path: str, model: Any = None, tokenizer: Any = None) -> Any:
+def _converter(path: str) -> Any:
     """A TransformersConverter that loads through this project's `from_pretrained` (clear
-    errors) or takes an already-built model and tokenizer (benchmarks with random weights)."""
+    errors)."""
     from ctranslate2.converters import TransformersConverter
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
-            loaded = model
-            if loaded is None:
-                loaded = from_pretrained(model_class.from_pretrained, model_name_or_path, **kwargs)
+            loaded = from_pretrained(model_class.from_pretrained, model_name_or_path, **kwargs)
             if not hasattr(loaded.config, "position_embedding_type"):
                 # transformers 5 dropped the field (BERT-family positions are always absolute);
                 # the BERT and XLM-R converters still check it
@@ -134,26 +132,15 @@ def _converter(path: str, model: Any = None, tokenizer: Any = None) -> Any:
             return loaded
 
         def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
-            if tokenizer is not None:
-                return tokenizer
             return load_tokenizer(model_name_or_path)
 
     return Converter(path)
 
 
-def convert(
-    path: str,
-    out_dir: str | os.PathLike,
-    quantization: str,
-    model: Any = None,
-    tokenizer: Any = None,
-) -> str:
-    """Convert the checkpoint at `path` (or the given in-memory model, whose config is read
-    from `path`) into `out_dir` with weights stored as `quantization`."""
+def convert(path: str, out_dir: str | os.PathLike, quantization: str) -> str:
+    """Convert the checkpoint at `path` into `out_dir` with weights stored as `quantization`."""
     try:
-        return _converter(path, model, tokenizer).convert(
-            str(out_dir), quantization=quantization, force=True
-        )
+        return _converter(path).convert(str(out_dir), quantization=quantization, force=True)
     except (ValueError, NotImplementedError, AssertionError, KeyError) as exc:
         raise ModelError(f"{path}: CTranslate2 cannot convert this checkpoint: {exc}") from exc
 
