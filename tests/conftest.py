@@ -1,4 +1,5 @@
-"""Shared fixtures: the shipped data folder and a real S3 protocol server (moto) on loopback."""
+"""Shared fixtures: the shipped data folder, a real S3 protocol server (moto) on loopback, and
+one local Ray shared by the modules that need no cluster of their own."""
 
 from __future__ import annotations
 
@@ -80,3 +81,45 @@ def tiny_models(tmp_path_factory, shared_data) -> dict[str, str]:
     return ensure_tiny_models(
         tmp_path_factory.mktemp("tiny-models"), text_dir=str(shared_data / "xquad")
     )
+
+
+SHARED_RAY_MODULES: set[str] = set()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that use `local_ray` run one after another, so Ray starts once for all of
+    them; the order of modules within each group, and of tests within a module, is kept."""
+    shared = {item.module.__name__ for item in items if "local_ray" in item.fixturenames}
+    SHARED_RAY_MODULES.update(shared)
+    items.sort(key=lambda item: item.module.__name__ not in shared)
+
+
+@pytest.fixture(scope="module")
+def local_ray(s3_server):
+    """A local 2-CPU Ray, started after the S3 server (its workers inherit the endpoint and test
+    credentials) and kept for the next module that uses it. Modules that change what Ray's
+    processes inherit (environment variables) or need a cluster of their own start their own."""
+    from xqg_ray.ray_start import start_ray
+
+    start_ray(num_cpus=2)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_foreign_ray(request):
+    """A module that does not use `local_ray` starts with no Ray running in this process, as if
+    it ran alone; the shared one is stopped at the end of the session."""
+    import ray
+
+    if request.module.__name__ not in SHARED_RAY_MODULES and ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def stop_ray_at_the_end():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

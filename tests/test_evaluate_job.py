@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from helpers import tiny_run_config
 from ray import serve
@@ -33,7 +32,6 @@ from xqg_ray.evaluate.offline_search import search_offline
 from xqg_ray.evaluate.runs import compare_runs, run_differences
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
-from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.local import free_port
 from xqg_ray.stages.pipeline import build
 from xqg_ray.storage import PartitionedTable, read_json
@@ -105,13 +103,6 @@ def xquad(tmp_path_factory, tiny_models, shared_data):
     out = Path(RunPaths(cfg.root).results(cfg.evaluate.experiment))
     qids = PartitionedTable(RunPaths(cfg.root).queryset).read(columns=["qid"])["qid"].to_pylist()
     return {"cfg": cfg, "evaluation": evaluation, "out": out, "qids": set(qids)}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    start_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 # ---- settings: which passages each query language searches ----------------------------------
@@ -247,7 +238,7 @@ def test_reports_and_the_headline_setting(xquad):
 # ---- search paths: in-process, Ray Data, the service -----------------------------------------
 
 
-def test_ray_data_batch_search_equals_in_process_search(xquad, ray_local):
+def test_ray_data_batch_search_equals_in_process_search(xquad, local_ray):
     cfg = xquad["cfg"]
     paths = RunPaths(cfg.root)
     queries = PartitionedTable(paths.embeddings(cfg.encoder.name, "queries")).read()
@@ -269,7 +260,7 @@ def test_ray_data_batch_search_equals_in_process_search(xquad, ray_local):
     }
 
 
-def test_service_run_equals_offline_run(xquad, ray_local):
+def test_service_run_equals_offline_run(xquad, local_ray):
     """via=both: a service per index (x-x: de, then en) must rank exactly as offline."""
     cfg = with_evaluate(
         xquad["cfg"], ["multivector"], settings=["x-x"], via="both", experiment="both"
@@ -289,7 +280,7 @@ def test_service_run_equals_offline_run(xquad, ray_local):
     assert not serve.status().proxies  # the evaluation shut its Serve instance down
 
 
-def test_a_given_service_url_is_checked_and_used(xquad, ray_local):
+def test_a_given_service_url_is_checked_and_used(xquad, local_ray):
     from xqg_ray.serve.config import ServeConfig
     from xqg_ray.serve.local import run_server
 

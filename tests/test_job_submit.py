@@ -61,9 +61,10 @@ def head(tmp_path_factory):
     yield f"http://127.0.0.1:{dashboard}", env
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)  # `ray start --block` often outlasts a longer wait anyway
+        process.wait(timeout=3)  # `ray start --block` often outlasts any wait: then kill it
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def submit(address: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:

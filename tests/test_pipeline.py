@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 from helpers import tiny_run_config
 
 from xqg_ray.config import RayConfig, StageResources
@@ -13,7 +12,6 @@ from xqg_ray.errors import ConfigError, InputError
 from xqg_ray.evaluate.driver import evaluate_settings
 from xqg_ray.index.shards import load_manifest
 from xqg_ray.paths import RunPaths
-from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors, vectors_to_arrow
 from xqg_ray.stages.generate import generate_part
 from xqg_ray.stages.pipeline import build
@@ -34,14 +32,6 @@ def local_run(tmp_path_factory, tiny_models, shared_data):
     )
     report = build(cfg)
     return cfg, report
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """Started after the S3 server, so workers inherit its endpoint and test credentials."""
-    start_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def tables(cfg, what: str) -> pa.Table:
@@ -213,34 +203,25 @@ def test_changed_parameters_are_refused_not_mixed(local_run):
         build(changed)
 
 
-def test_ray_data_run_matches_local(local_run, ray_local, tmp_path):
+def test_ray_data_run_on_s3_matches_local(local_run, local_ray, s3_bucket):
+    """The same run on Ray Data (two encode actors) with an s3:// run root: identical tables,
+    and the evaluation writes its metrics to S3."""
     cfg, _ = local_run
     on_ray = tiny_run_config(
-        str(tmp_path / "ray"),
+        f"{s3_bucket}/run",
         {"bert": cfg.encoder.model, "mt5": cfg.generator.model},
         _data_root(cfg),
         stages={"encode": {"actors": 2, "num_cpus": 0.5}},
     )
     report = build(on_ray)
     assert report["stages"]["generate"]["backend"] == "ray-data"
+    metrics = evaluate_settings(on_ray)
     assert_same_outputs(cfg, on_ray)
-
-
-def test_s3_run_root(local_run, ray_local, s3_bucket):
-    cfg, _ = local_run
-    on_s3 = tiny_run_config(
-        f"{s3_bucket}/run",
-        {"bert": cfg.encoder.model, "mt5": cfg.generator.model},
-        _data_root(cfg),
-    )
-    build(on_s3)
-    metrics = evaluate_settings(on_s3)
-    assert_same_outputs(cfg, on_s3)
     assert read_json(f"{s3_bucket}/run/results/main/metrics.json")["passages"] == 12
     assert set(metrics["strategies"]) == set(STRATEGIES)
 
 
-def test_more_gpus_than_the_cluster_has_is_refused(local_run, ray_local, tmp_path):
+def test_more_gpus_than_the_cluster_has_is_refused(local_run, local_ray, tmp_path):
     cfg, _ = local_run
     greedy = tiny_run_config(
         str(tmp_path / "gpu"),
@@ -294,7 +275,7 @@ def _data_root(cfg):
 
 
 @pytest.mark.parametrize("actor_pool", [True, False])
-def test_a_part_tasks_own_error_reaches_the_driver_as_itself(ray_local, actor_pool):
+def test_a_part_tasks_own_error_reaches_the_driver_as_itself(local_ray, actor_pool):
     class FailsOnPartTwo:  # defined here so Ray's workers get it by value
         """Rejects its input the way the stages do: an InputError naming the part and row."""
 

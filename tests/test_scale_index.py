@@ -10,7 +10,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-import ray
 from helpers import tiny_run_config
 
 from xqg_ray.bench.scale_models import scale_config
@@ -19,7 +18,6 @@ from xqg_ray.evaluate.offline_search import search_offline
 from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.index.shards import IndexSpec, build_shards, load_manifest, load_shard
 from xqg_ray.paths import RunPaths
-from xqg_ray.ray_start import start_ray
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.stages.index import build_index, entries_url, index_url, shard_record_url
 from xqg_ray.stages.pipeline import build
@@ -162,14 +160,7 @@ def test_language_subset_index_from_parts(built):
     assert all(p.startswith("en-") for row in pids for p in row if p)
 
 
-@pytest.fixture(scope="module")
-def ray_with_scale_backends(s3_server):
-    start_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-def test_ray_tasks_on_s3_build_the_same_index(built, ray_with_scale_backends, s3_bucket):
+def test_ray_tasks_on_s3_build_the_same_index(built, local_ray, s3_bucket):
     cfg = scale_run(
         f"{s3_bucket}/run",
         Path(built.dataset.data_dir).parent,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -29,7 +30,6 @@ from xqg_ray.config import DatasetConfig, EncoderConfig
 from xqg_ray.datasets import load_corpus
 from xqg_ray.index import IndexSpec, build_shards
 from xqg_ray.models.encoder import load_encoder
-from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.app import build_app
 from xqg_ray.serve.client import SearchClient, ServiceError
 from xqg_ray.serve.config import Limits, ServeConfig
@@ -112,7 +112,7 @@ def xquad_run(tmp_path_factory, tiny_models, shared_data):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, vec_data, multi_data, xquad_run):
+def service(tmp_path_factory, vec_data, multi_data, xquad_run, local_ray):
     """The three applications on one Serve HTTP proxy bound to loopback."""
     base = tmp_path_factory.mktemp("indexes")
     vectors, ids = vec_data
@@ -125,7 +125,6 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
     token_file.write_text(TOKEN + "\n")
 
     port = free_port()
-    start_ray(num_cpus=2)  # never joins a `ray start` cluster
     vec_cfg = ServeConfig(
         index=str(base / "vec"),
         port=port,
@@ -156,12 +155,12 @@ def service(tmp_path_factory, vec_data, multi_data, xquad_run):
         "port": port,
         "vec": SearchClient(vec_url, token=TOKEN),
         "vec_url": vec_url,
+        "vec_index": str(base / "vec"),
         "xquad": SearchClient(base_url + "/xquad"),
         "xquad_url": base_url + "/xquad",
         "multi": SearchClient(base_url + "/multi"),
     }
     serve.shutdown()
-    ray.shutdown()
 
 
 def result_ids(answer: dict) -> list[list[int]]:
@@ -442,18 +441,16 @@ def test_killed_replica_is_replaced_by_its_twin(service, multi_data):
 
 
 def test_killed_only_replica_is_flagged_never_silent(service, vec_data):
-    """Shard 1's only replica dies: answers are partial (naming shard 1) or a 503 until Serve
-    restarts it, and complete and exact again afterwards."""
+    """Shard 1's only replica dies while its file is away, so Serve cannot restore it: every
+    answer in that gap is partial (naming shard 1) or a 503, never silently short. Once the file
+    is back, Serve restores the shard and answers are complete and exact again."""
     vectors, ids = vec_data
     queries = np.random.default_rng(8).standard_normal((2, DIM)).astype(np.float32)
     others = np.r_[0:51, 102:203]  # rows of shards 0, 2 and 3 (contiguous split)
     full = flat_search(vectors, ids, queries, 20)[0]
     without_1 = flat_search(vectors[others], ids[others], queries, 20)[0]
-    (name,) = replica_actors("vec", "shard-00001")
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    outcomes = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def outcome() -> str:
         response = post(
             service["vec_url"] + "/search_vectors", {"vectors": queries.tolist(), "k": 20}
         )
@@ -461,19 +458,34 @@ def test_killed_only_replica_is_flagged_never_silent(service, vec_data):
         answer = response.json()
         if response.status_code == 503:
             assert answer["missing_shards"] == [1]
-            outcomes.append("503")
-        elif answer["partial"]:
+            return "503"
+        if answer["partial"]:
             assert answer["missing_shards"] == [1]
             assert result_ids(answer) == without_1
-            outcomes.append("partial")
-        else:
-            assert result_ids(answer) == full
-            outcomes.append("complete")
-            if len(outcomes) > 1:
-                break
-    print("answers after the kill:", outcomes)
-    # Serve may restore the shard before the first request lands (seen in CI): every answer was
-    # flagged or exact (asserted above), and the restarted replica answers in the end
-    assert outcomes[-1] == "complete", outcomes
-    flagged = outcomes.count("partial")
+            return "partial"
+        assert result_ids(answer) == full
+        return "complete"
+
+    shard_file = Path(service["vec_index"]) / "shard-00001.faiss"
+    away = shard_file.with_name("shard-00001.faiss.away")
+    (name,) = replica_actors("vec", "shard-00001")
+    shard_file.rename(away)  # a replacement replica cannot load the shard until it is back
+    try:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        gap: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(gap) - gap.count("complete") < 3:
+            assert time.monotonic() < deadline, gap
+            gap.append(outcome())  # a request may still reach the dying replica first
+    finally:
+        away.rename(shard_file)
+    first_flagged = next(i for i, kind in enumerate(gap) if kind != "complete")
+    assert "complete" not in gap[first_flagged:], gap  # the gap stays open while the file is away
+    after: list[str] = []
+    deadline = time.monotonic() + 120
+    while after[-2:] != ["complete", "complete"]:
+        assert time.monotonic() < deadline, after
+        after.append(outcome())
+    print("answers in the gap:", gap, "after the file came back:", after)
+    flagged = gap.count("partial") + after.count("partial")
     assert service["vec"].stats()["partial_answers"] >= flagged

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 from ray import serve
 
 from xqg_ray.index.in_process import InProcessIndex
 from xqg_ray.index.shards import IndexSpec, build_shards
-from xqg_ray.ray_start import start_ray
 from xqg_ray.serve.client import SearchClient
 from xqg_ray.serve.config import ServeConfig
 from xqg_ray.serve.local import free_port, run_server
 
 
 @pytest.fixture
-def ray_after_s3(s3_server):
-    """Started after the S3 server, so the replicas inherit its endpoint and test credentials."""
-    start_ray(num_cpus=2)
+def ray_after_s3(local_ray):
+    """The shared Ray was started after the S3 server: replicas inherit its endpoint."""
     yield
     serve.shutdown()
-    ray.shutdown()
 
 
 def test_service_serves_an_index_from_s3_exactly(s3_bucket, ray_after_s3, tmp_path):
