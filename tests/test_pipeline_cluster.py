@@ -115,27 +115,20 @@ def test_killed_driver_resumes_with_only_missing_parts(reference, tmp_path):
     assert_same_outputs(reference, cfg)
 
 
-def test_gpu_shaped_actors_land_on_the_gpu_node(reference, cluster, tmp_path):
-    _, _, gpu_worker = cluster
-    cfg = _copy(
-        reference,
-        str(tmp_path / "gpu"),
-        stages={"encode": {"num_gpus": 1, "num_cpus": 0.5}, "generate": {"num_cpus": 0.5}},
-    )
-    report = build(cfg)
-    # every encode part ran on the node that has the (declared) GPU; the batch code fell back
-    # to the CPU because torch sees no CUDA device there
-    assert report["stages"]["encode-passages"]["nodes"] == [gpu_worker.node_id]
-    assert report["stages"]["encode-queries"]["nodes"] == [gpu_worker.node_id]
-    assert_same_outputs(reference, cfg)
-
-
-def test_node_removed_mid_run_still_completes_correctly(reference, cluster, tmp_path):
-    nodes, cpu_worker, _ = cluster
+def test_gpu_shaped_actors_land_on_the_gpu_node_and_a_removed_node_is_survived(
+    reference, cluster, tmp_path
+):
+    """One run on the three-node cluster: encode asks for a GPU, so its actors run on the node
+    that declares one (the batch code falls back to the CPU, as torch sees no CUDA device);
+    the CPU worker is removed while generate runs, and the run still completes correctly."""
+    nodes, cpu_worker, gpu_worker = cluster
     cfg = _copy(
         reference,
         str(tmp_path / "removed"),
-        stages={"generate": {"actors": 2, "num_cpus": 0.5}, "encode": {"num_cpus": 0.5}},
+        stages={
+            "generate": {"actors": 2, "num_cpus": 0.5},
+            "encode": {"num_gpus": 1, "num_cpus": 0.5},
+        },
     )
     outcome: dict = {}
 
@@ -154,4 +147,7 @@ def test_node_removed_mid_run_still_completes_correctly(reference, cluster, tmp_
     assert not worker.is_alive(), "pipeline did not finish after the node was removed"
     assert "error" not in outcome, outcome.get("error")
     assert PartitionedTable(generated).is_complete()
+    report = outcome["report"]
+    assert report["stages"]["encode-passages"]["nodes"] == [gpu_worker.node_id]
+    assert report["stages"]["encode-queries"]["nodes"] == [gpu_worker.node_id]
     assert_same_outputs(reference, cfg)
