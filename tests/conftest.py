@@ -89,9 +89,14 @@ SHARED_RAY_MODULES: set[str] = set()
 def pytest_collection_modifyitems(session, config, items):
     """The modules that use `local_ray` run one after another, so Ray starts once for all of
     them; the order of modules within each group, and of tests within a module, is kept."""
-    shared = {item.module.__name__ for item in items if "local_ray" in item.fixturenames}
+    shared = {_module(item) for item in items if "local_ray" in getattr(item, "fixturenames", ())}
     SHARED_RAY_MODULES.update(shared)
-    items.sort(key=lambda item: item.module.__name__ not in shared)
+    items.sort(key=lambda item: _module(item) not in shared)
+
+
+def _module(item) -> str | None:
+    module = getattr(item, "module", None)
+    return module.__name__ if module is not None else None
 
 
 @pytest.fixture(scope="module")

@@ -231,6 +231,30 @@ def test_a_passages_entries_share_one_shard_whatever_their_row_order(tmp_path):
         )
 
 
+def test_no_shard_is_empty_when_passages_are_uneven(tmp_path):
+    # five entries of three passages (one with three entries) into three shards: one each
+    passage_of_entry = np.array([0, 1, 1, 1, 2])
+    manifest = build_shards(
+        random_vectors(5),
+        np.arange(5),
+        str(tmp_path),
+        IndexSpec(shards=3),
+        entry_to_passage=passage_of_entry,
+    )
+    assert [shard["count"] for shard in manifest["shards"]] == [1, 3, 1]
+
+
+def test_bad_search_params_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(InputError, match="search_params"):
+        build_shards(
+            random_vectors(400),
+            np.arange(400),
+            str(tmp_path / "ivf"),
+            IndexSpec(factory="IVF4,Flat", search_params="bogus=3"),
+        )
+    assert not (tmp_path / "ivf").exists() or not any((tmp_path / "ivf").iterdir())
+
+
 def test_pid_map_names_passages(tmp_path):
     vectors = random_vectors(6)
     passage_of_entry = np.array([0, 0, 1, 1, 2, 2])
@@ -270,7 +294,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         searcher.search(vectors[:1], 0)
     with pytest.raises(InputError, match="NaN"):
         search_index(searcher.group.indexes[0], np.full((1, DIM), np.nan, np.float32), 1)
-    with pytest.raises(InputError, match="n_shards"):
+    with pytest.raises(InputError, match=r"index shards must be between 1 and .* \(10\), got 11"):
         build_shards(vectors, np.arange(10), str(tmp_path / "x"), IndexSpec(shards=11))
     with pytest.raises(InputError, match="ids must be unique"):
         build_shards(vectors, np.zeros(10, np.int64), str(tmp_path / "x"))

@@ -322,7 +322,9 @@ class AugmentConfig(Strict):
 
 class IndexConfig(Strict):
     factory: str = Field(default="Flat", description="Any faiss.index_factory string.")
-    shards: int = Field(default=1, ge=1, description="FAISS shards per index (contiguous ids).")
+    shards: int = Field(
+        default=1, ge=1, description="FAISS shards per index (each a contiguous run of parts)."
+    )
     train_sample: int | None = Field(
         default=None, ge=1, description="Vectors used to train IVF/PQ; default: all."
     )

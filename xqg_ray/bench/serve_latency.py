@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import faiss
 import numpy as np
 import ray
 from fastapi import FastAPI
@@ -85,7 +84,6 @@ def in_process_group(index_url: str, queries: np.ndarray, k: int, batch: int) ->
     """The service's own shard-group search (parallel threads over shards) in this process, in
     batches of `batch` queries; latency is per batch, QPS counts queries."""
     manifest = load_manifest(index_url)
-    faiss.omp_set_num_threads(1)  # as a shard-group replica runs
     group = ShardGroup(index_url, manifest, list(range(len(manifest["shards"]))), None, True)
     for start in range(0, min(len(queries), 20 * batch), batch):  # warm caches, mmapped pages
         group.search(queries[start : start + batch], k)

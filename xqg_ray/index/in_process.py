@@ -1,8 +1,9 @@
 """A whole index searched in this process: the reference the service must agree with.
 
-It loads every shard as a `ShardGroup` (the same cache, checksums and exact merge as a Serve
-replica) and collapses multivector entries to passages with `DistinctPassagePlan`, as the router
-does, so offline checks and benchmarks compare the service with the same search done here.
+It loads every shard as a `ShardGroup` (the node's shard cache, checksums and the exact merge a
+Serve replica uses), searched shard after shard on FAISS's own threads, and collapses multivector
+entries to passages with `DistinctPassagePlan`, as the router does, so offline checks and
+benchmarks compare the service with the same search done here.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from xqg_ray.index.shards import load_manifest
 class InProcessIndex:
     """All shards of an index in this process, multivector entries collapsed, pids looked up."""
 
-    def __init__(self, index_url: str, local_dir: str | None = None, mmap: bool = True):
+    def __init__(self, index_url: str, cache_dir: str | None = None, mmap: bool = True):
         self.index_url = index_url
         self.manifest = load_manifest(index_url)
         shards = list(range(len(self.manifest["shards"])))
-        self.group = ShardGroup(index_url, self.manifest, shards, local_dir, mmap)
+        self.group = ShardGroup(index_url, self.manifest, shards, cache_dir, mmap, parallel=False)
         pairs = None
         if not self.manifest.get("entry_stride"):
-            pairs = load_entry_map_cached(index_url, self.manifest, local_dir)
+            pairs = load_entry_map_cached(index_url, self.manifest, cache_dir)
         self.entry_map = entry_map_of(self.manifest, pairs)
-        self.pid_map = PidMap(load_pid_table_cached(index_url, self.manifest, local_dir))
+        self.pid_map = PidMap(load_pid_table_cached(index_url, self.manifest, cache_dir))
 
     @property
     def dim(self) -> int:

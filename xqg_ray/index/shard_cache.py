@@ -107,7 +107,7 @@ def load_entry_map_cached(
 ) -> np.ndarray | None:
     """The multivector [entry id, passage id] table, memory-mapped; None for one entry each."""
     path = _cached_side_file(index_url, manifest, "entry_map", cache_dir)
-    return None if path is None else read_entry_map_file(path, mmap=True)
+    return None if path is None else read_entry_map_file(path)
 
 
 def load_pid_table_cached(

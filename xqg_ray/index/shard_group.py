@@ -16,9 +16,10 @@ import numpy as np
 from xqg_ray.index.search import keeps_max, merge_topk, search_index
 from xqg_ray.index.shard_cache import load_shard_cached
 
-# Bytes one query reads (see `scan_bytes`) below which a search runs inline in the event loop,
-# and per shard above which shards are searched in parallel threads: a thread hand-off costs more
-# than it saves on small scans. Measured on 2 CPUs, 20k x 128 Flat in 4 shards (10 MB), one
+# Bytes one query reads (see `scan_bytes`) below which a search is cheaper than handing it to a
+# thread (a Serve replica then searches inline, in its event loop), and per shard above which
+# shards are searched in parallel threads: a thread hand-off costs more than it saves on small
+# scans. Measured on 2 CPUs, 20k x 128 Flat in 4 shards (10 MB), one
 # query: sequential 0.5 ms, a thread per shard 1.2 ms, plus 0.25 ms for asyncio.to_thread.
 INLINE_BYTES = 16 << 20
 PARALLEL_BYTES = 64 << 20
@@ -38,29 +39,33 @@ def scan_bytes(index: faiss.Index) -> float:
 
 
 class ShardGroup:
-    """Several shards of one index in this process, from the node's shard cache, searched in
-    parallel threads and merged exactly: what a Serve shard-group replica, a router holding a small
-    index itself, and `InProcessIndex` search."""
+    """Several shards of one index in this process, from the node's shard cache (`cache_dir`,
+    default the node's), merged exactly: what a Serve shard-group replica and a router holding a
+    small index itself search, shards in parallel threads of one FAISS thread each, and what
+    `InProcessIndex` searches with `parallel=False`, shard after shard on FAISS's own threads."""
 
     def __init__(
         self,
         index_url: str,
         manifest: dict,
         shards: list[int],
-        local_dir: str | None = None,
+        cache_dir: str | None = None,
         mmap: bool = True,
+        parallel: bool = True,
     ):
+        if parallel:
+            faiss.omp_set_num_threads(1)  # parallel over shards, one FAISS thread each
         self.shards = list(shards)
         self.keep_max = keeps_max(manifest["metric"])
         self.expected = [int(manifest["shards"][s]["count"]) for s in self.shards]
         self.indexes = [
-            load_shard_cached(index_url, manifest, s, local_dir, mmap) for s in self.shards
+            load_shard_cached(index_url, manifest, s, cache_dir, mmap) for s in self.shards
         ]
         costs = [scan_bytes(index) for index in self.indexes]
         self.largest, self.total = max(costs), sum(costs)
         self.pool = (
             ThreadPoolExecutor(len(self.indexes), thread_name_prefix="shard")
-            if len(self.indexes) > 1
+            if parallel and len(self.indexes) > 1
             else None
         )
 

@@ -43,7 +43,7 @@ class ShardHits:
 
 class ShardWithPids:
     """One shard of an index, loaded once, with the pids of the passages it holds: its own pid
-    map when the build wrote one per shard, else the index's (indexes built in one process)."""
+    map, else the index's (indexes written before every shard had one)."""
 
     def __init__(
         self,

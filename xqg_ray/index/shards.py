@@ -7,7 +7,7 @@ Layout (any fsspec URL, local or s3://)::
     <index>/pids.parquet             optional: passage id (int64) -> pid (string of the corpus)
     <index>/trained.faiss            trainable factories: the trained, empty index every
                                      shard started from (one coarse quantizer for all)
-    <index>/shard-00000.pids.parquet the shard's own passage id -> pid map
+    <index>/shard-00000.pids.parquet the shard's own passage id -> pid map (when given pids)
     <index>/manifest.json            written last (`IndexManifest`): without it, incomplete
 
 There is one writer. A shard is written by `write_shard` (a copy of the trained index, filled
@@ -175,7 +175,7 @@ def build_shards(
     entry_to_passage: np.ndarray | None = None,
     pids: Sequence[str] | None = None,
     meta: dict | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Index `vectors` held in memory under `out_url` with the pipeline's own writer (train once,
     `write_shard` per shard, `write_manifest`) and return the manifest.
 
@@ -198,6 +198,8 @@ def build_shards(
     if pids is not None and len(pids) != n:
         raise InputError(f"pids must have one entry per vector ({n}), got {len(pids)}")
     groups = _shard_rows(passage_ids, spec.shards, ordered=entry_to_passage is None)
+    if spec.search_params:  # fail before anything is written
+        apply_search_params(_empty_index(dim, spec.factory, spec.metric), spec.search_params)
 
     trained = None
     if needs_training(dim, spec.factory, spec.metric):
@@ -207,12 +209,15 @@ def build_shards(
             sample = vectors[np.sort(rng.choice(n, size=spec.train_sample, replace=False))]
         trained = train_index(sample, out_url, spec.factory, spec.metric)
     base = base_index(out_url, dim, spec.factory, spec.metric, trained)
-    if spec.search_params:
-        apply_search_params(faiss.clone_index(base), spec.search_params)  # fail before writing
 
-    pid_array = pa.array(pids, pa.string()) if pids is not None else pa.nulls(n, pa.string())
+    names = pa.array(pids, pa.string()) if pids is not None else None
     shards = [
-        write_shard(out_url, shard, base, [(vectors[r], ids[r], passage_ids[r], pid_array.take(r))])
+        write_shard(
+            out_url,
+            shard,
+            base,
+            [(vectors[r], ids[r], passage_ids[r], None if names is None else names.take(r))],
+        )
         for shard, r in enumerate(groups)
     ]
     manifest = IndexManifest(
@@ -230,22 +235,22 @@ def build_shards(
 
 
 def _shard_rows(passage_ids: np.ndarray, n_shards: int, ordered: bool) -> list[np.ndarray]:
-    """Row numbers of each shard: `n_shards` near-equal contiguous runs (`np.array_split`
-    order), cut only between passages; unless `ordered`, rows are first sorted by passage."""
+    """Row numbers of each shard: `n_shards` contiguous runs as near equal in rows as passage
+    boundaries allow, none empty; unless `ordered`, rows are first sorted by passage."""
     rows = np.arange(len(passage_ids)) if ordered else np.argsort(passage_ids, kind="stable")
     starts = np.flatnonzero(np.r_[True, passage_ids[rows][1:] != passage_ids[rows][:-1]])
     if not 1 <= n_shards <= len(starts):
         raise InputError(
-            f"n_shards must be between 1 and the number of passages ({len(starts)}), got {n_shards}"
+            f"index shards must be between 1 and the number of passages ({len(starts)}), "
+            f"got {n_shards}"
         )
-    wanted = [len(chunk) for chunk in np.array_split(np.arange(len(rows)), n_shards)]
-    cuts = np.cumsum(wanted)[:-1]
-    # each cut moves to the first passage start at or after it, never onto an earlier cut
-    bounds = [0]
-    for cut in cuts:
-        i = np.searchsorted(starts, max(cut, bounds[-1] + 1))
-        bounds.append(int(starts[i]) if i < len(starts) else len(rows))
-    bounds.append(len(rows))
+    targets = np.cumsum([len(c) for c in np.array_split(np.arange(len(rows)), n_shards)])[:-1]
+    chosen = [0]  # indexes into `starts`
+    for shard, target in enumerate(targets, start=1):
+        # the passage start nearest the target, leaving a passage for each shard still to come
+        window = np.arange(chosen[-1] + 1, len(starts) - (n_shards - shard) + 1)
+        chosen.append(int(window[np.argmin(np.abs(starts[window] - target))]))
+    bounds = [int(starts[i]) for i in chosen] + [len(rows)]
     return [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
@@ -258,7 +263,7 @@ def needs_training(dim: int, factory: str, metric: str = "ip") -> bool:
 
 
 def train_index(
-    sample: np.ndarray, out_url: str, factory: str, metric: str = "ip", seed: int = 0
+    sample: np.ndarray, out_url: str, factory: str, metric: str = "ip"
 ) -> dict[str, Any]:
     """Train `factory` once on `sample` (on the GPUs when FAISS sees any), write the trained,
     empty index as `trained.faiss` and return its record (file, sha256, bytes, sample rows)."""
@@ -314,10 +319,11 @@ def write_shard(
     out_url: str,
     number: int,
     base: faiss.Index,
-    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]],
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array | None]],
 ) -> dict[str, Any]:
     """Stream `(vectors, ids, passage_ids, pids)` batches into a copy of `base` under their
-    global ids; write the shard and its passage id -> pid map; return the shard's record.
+    global ids; write the shard and its passage id -> pid map (none when every batch's pids
+    are None); return the shard's record.
 
     A passage's entries must all come in this shard's batches (shards follow parts, and a part
     holds all entries of its passages), so the per-shard pid maps never overlap."""
@@ -326,6 +332,7 @@ def write_shard(
     pid_tables = []
     max_entries = 0
     id_range = [None, None]
+    named = False
     for vectors, ids, passage_ids, pids in batches:
         if len(ids) == 0:
             continue
@@ -340,8 +347,9 @@ def write_shard(
         count += len(ids)
         lo, hi = int(ids.min()), int(ids.max())
         id_range = [lo if id_range[0] is None else min(lo, id_range[0]), max(hi, id_range[1] or 0)]
-        table = pa.table({"id": pa.array(passage_ids, pa.int64()), "pid": pids})
-        pid_tables.append(table)
+        named = named or pids is not None
+        names = pids if pids is not None else pa.nulls(len(passage_ids), pa.string())
+        pid_tables.append(pa.table({"id": pa.array(passage_ids, pa.int64()), "pid": names}))
         max_entries = max(max_entries, int(np.unique(passage_ids, return_counts=True)[1].max()))
     if index is None:
         index = _with_ids(base, np.zeros((0, base.d), np.float32), np.zeros(0, np.int64))
@@ -359,18 +367,20 @@ def write_shard(
         if pid_tables
         else pa.table({"id": pa.array([], pa.int64()), "pid": pa.array([], pa.string())})
     )
-    data = storage.table_to_parquet_bytes(pid_table)
     record["n_passages"] = pid_table.num_rows
-    record["pid_map"] = {
-        "file": shard_pid_file(number),
-        **_write(storage.join(out_url, shard_pid_file(number)), data),
-    }
+    record["pid_map"] = None  # vectors without pids: nothing to name
+    if named or not pid_tables:
+        data = storage.table_to_parquet_bytes(pid_table)
+        record["pid_map"] = {
+            "file": shard_pid_file(number),
+            **_write(storage.join(out_url, shard_pid_file(number)), data),
+        }
     return record
 
 
 def merge_pid_maps(out_url: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole index's `pids.parquet` from the shards' own maps (ids ascend shard by shard,
-    so this is a concatenation), for readers that load one passage map."""
+    """The whole index's `pids.parquet` from the shards' own maps (disjoint: a passage's entries
+    share one shard), sorted by id, for readers that load one passage map."""
     tables = []
     for shard in shards:
         path = _verified_local_file(out_url, shard["pid_map"], None)
@@ -391,10 +401,11 @@ def write_entry_map(out_url: str, entry_ids: np.ndarray, passage_ids: np.ndarray
         raise InputError("entry ids must be unique")
     buffer = io.BytesIO()
     np.save(buffer, pairs.astype(np.int64), allow_pickle=False)
+    counts = np.unique(pairs[:, 1], return_counts=True)[1]
     return {
         "file": ENTRY_MAP_FILE,
-        "max_entries_per_passage": int(np.unique(pairs[:, 1], return_counts=True)[1].max()),
-        "n_passages": len(np.unique(pairs[:, 1])),
+        "max_entries_per_passage": int(counts.max()),
+        "n_passages": len(counts),
         **_write(storage.join(out_url, ENTRY_MAP_FILE), buffer.getvalue()),
     }
 
@@ -478,10 +489,10 @@ def read_shard_file(path: str, manifest: dict, shard: int, mmap: bool = True) ->
     return index
 
 
-def read_entry_map_file(path: str, mmap: bool = False) -> np.ndarray:
-    """A verified local entry-map file as an (n, 2) int64 array (memory-mapped if asked)."""
+def read_entry_map_file(path: str) -> np.ndarray:
+    """A verified local entry-map file as a memory-mapped (n, 2) int64 array."""
     try:
-        pairs = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        pairs = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as exc:
         raise StorageError(f"{path}: not a readable entry map: {exc}") from exc
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype != np.int64:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 
-import faiss
 import numpy as np
 from ray import serve
 
@@ -45,7 +44,6 @@ class ShardGroupDeployment:
         max_batch_size: int,
         batch_wait_timeout_s: float,
     ):
-        faiss.omp_set_num_threads(1)  # the group searches shards in parallel, one thread each
         self.group = ShardGroup(index_url, manifest, shards, local_dir or None, mmap)
         self.search.set_max_batch_size(max_batch_size)
         self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)

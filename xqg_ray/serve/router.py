@@ -17,7 +17,6 @@ import logging
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -123,7 +122,6 @@ class SearchRouter:
         self.local = None
         if layout["search_in_router"]:
             self.group_shards = [list(range(self.n_shards))]
-            faiss.omp_set_num_threads(1)  # the group searches shards in parallel threads
             self.local = ShardGroup(
                 index_url, manifest, self.group_shards[0], local_dir, self.cfg.mmap
             )
