@@ -83,16 +83,9 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
 
 
 def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
-    import subprocess
-    import sys
+    from xqg_ray.bench.responsiveness import gpu_check_without_a_gpu
 
-    done = subprocess.run(
-        [sys.executable, "-m", "xqg_ray.bench.gpu_check", "--out", str(tmp_path / "g.json")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = gpu_check_without_a_gpu(tmp_path / "g.json", timeout_s=120)
     assert done.returncode == 2
     assert "no CUDA GPU is visible" in done.stderr
     assert not (tmp_path / "g.json").exists()  # how fast it refuses: bench/responsiveness.py

@@ -9,10 +9,7 @@ start-up past its deadline says what is not up; `xqg-ray serve` stops on Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import faiss
@@ -21,6 +18,7 @@ import pytest
 import requests
 from ray import serve
 
+from xqg_ray.bench.responsiveness import serving
 from xqg_ray.config import EncoderConfig
 from xqg_ray.errors import ConfigError
 from xqg_ray.index import IndexSpec, build_shards
@@ -141,39 +139,11 @@ def index(tmp_path_factory, tiny_models):
 
 def test_xqg_ray_serve_stops_on_ctrl_c(index, tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xqg_ray.cli",
-            "serve",
-            "--index",
-            index["url"],
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while "search service at" not in (tmp_path / "serve.log").read_text():
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "xqg-ray serve did not come up"
-            time.sleep(0.5)
+    with serving(index["url"], tmp_path / "serve.log", port, limit_s=180) as process:
         health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
         assert health == {"status": "ok", "shards": 4, "encoder": True}
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)  # raises if it hangs; how fast it stops: bench/responsiveness.py
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 

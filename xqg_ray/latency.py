@@ -1,9 +1,12 @@
 """The one latency summary of every probe and benchmark: count, p50/p95/p99/mean in ms, and QPS
-when the wall time is known. One definition, so a p99 means the same in every results file."""
+when the wall time is known. One definition, so a p99 means the same in every results file; and
+the one way a probe times calls one at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,4 +28,15 @@ def latency_summary(samples_ms: Sequence[float], wall_s: float | None = None) ->
         )
     if wall_s is not None:
         out["qps"] = round(values.size / wall_s, 1) if wall_s > 0 else None
+    return out
+
+
+def one_at_a_time(call: Callable[[int], Any], n: int) -> list[float]:
+    """Milliseconds of `call(i)` for i in range(n), after one untimed warm-up call."""
+    call(0)
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        call(i)
+        out.append(1000 * (time.perf_counter() - start))
     return out

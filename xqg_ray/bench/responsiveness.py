@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,49 +51,58 @@ def time_xquad_load(data_dir: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_serve(workdir: Path, n: int) -> tuple[float, float]:
-    """(seconds to come up, seconds to exit after SIGINT) of `xqg-ray serve` on a fresh index."""
-    index = str(workdir / "index")
-    vectors = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
-    build_shards(vectors, np.arange(n), index, IndexSpec(shards=4))
+@contextmanager
+def serving(index: str, log_path: Path, port: int, limit_s: float = SERVE_UP_LIMIT_S):
+    """`xqg-ray serve --index` in its own process group (its own local Ray, whatever RAY_ADDRESS
+    says), output to `log_path`, yielded once it says it is up; killed if it still runs after."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    log_path = workdir / "serve.log"
-    command = [sys.executable, "-m", "xqg_ray.cli", "serve", "--index", index]
+    command = [sys.executable, "-m", "xqg_ray.cli", "serve", "--index", index, "--port", str(port)]
     with open(log_path, "w") as log:
         started = time.monotonic()
         process = subprocess.Popen(
-            [*command, "--port", str(free_port())],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
             while "search service at" not in log_path.read_text():
-                if process.poll() is not None or time.monotonic() - started > SERVE_UP_LIMIT_S:
+                if process.poll() is not None or time.monotonic() - started > limit_s:
                     raise RuntimeError(f"xqg-ray serve did not come up:\n{log_path.read_text()}")
                 time.sleep(0.2)
-            up = time.monotonic() - started
-            interrupted = time.monotonic()
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=120)
-            return up, time.monotonic() - interrupted
+            yield process
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+def time_serve(workdir: Path, n: int) -> tuple[float, float]:
+    """(seconds to come up, seconds to exit after SIGINT) of `xqg-ray serve` on a fresh index."""
+    index = str(workdir / "index")
+    vectors = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
+    build_shards(vectors, np.arange(n), index, IndexSpec(shards=4))
+    started = time.monotonic()
+    with serving(index, workdir / "serve.log", free_port()) as process:
+        up = time.monotonic() - started
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+        return up, time.monotonic() - interrupted
+
+
+def gpu_check_without_a_gpu(out: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """`python -m xqg_ray.bench.gpu_check --out OUT` with no GPU visible (it must refuse)."""
+    return subprocess.run(
+        [sys.executable, "-m", "xqg_ray.bench.gpu_check", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+
+
 def time_gpu_check_refusal(workdir: Path) -> float:
     """Seconds for the GPU check to refuse when no GPU is visible."""
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "xqg_ray.bench.gpu_check", "--out", str(workdir / "gpu.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = gpu_check_without_a_gpu(workdir / "gpu.json")
     if done.returncode != 2:
         raise RuntimeError(f"gpu_check did not refuse (exit {done.returncode}):\n{done.stderr}")
     return time.perf_counter() - started

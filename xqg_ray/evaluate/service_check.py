@@ -7,7 +7,6 @@ queries; then its latency per request, for the research report.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from xqg_ray.config import RunConfig
@@ -20,7 +19,7 @@ from xqg_ray.evaluate.runs import (
 )
 from xqg_ray.evaluate.service_search import hits_table
 from xqg_ray.index.in_process import InProcessIndex
-from xqg_ray.latency import latency_summary
+from xqg_ray.latency import latency_summary, one_at_a_time
 from xqg_ray.paths import RunPaths
 from xqg_ray.schema import arrow_to_vectors
 from xqg_ray.serve.local import free_port
@@ -92,13 +91,4 @@ def request_latency(client, texts: list[str], encoded, requests: int, k: int) ->
         "search": lambda i: client.search([texts[i % len(texts)]], k=k),
         "search_vectors": lambda i: client.search_vectors(vectors[i % len(vectors)][None], k=k),
     }
-    out = {}
-    for name, call in routes.items():
-        call(0)
-        times = []
-        for i in range(requests):
-            start = time.perf_counter()
-            call(i)
-            times.append(1000 * (time.perf_counter() - start))
-        out[name] = latency_summary(times)
-    return out
+    return {name: latency_summary(one_at_a_time(call, requests)) for name, call in routes.items()}

@@ -10,27 +10,15 @@ noise band a difference must exceed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from xqg_ray.latency import latency_summary
+from xqg_ray.latency import latency_summary, one_at_a_time
 
 K = 10  # passages per query, as a search service answers
 BATCH = 32
 ROUNDS = 3
-
-
-def one_at_a_time(call: Callable[[int], Any], n: int) -> list[float]:
-    """Milliseconds of `call(i)` for i in range(n), after one untimed warm-up call."""
-    call(0)
-    out = []
-    for i in range(n):
-        start = time.perf_counter()
-        call(i)
-        out.append(1000 * (time.perf_counter() - start))
-    return out
 
 
 def query_encoding_latency(encoder, texts: list[str], n: int) -> dict[str, Any]:
